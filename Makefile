@@ -1,0 +1,45 @@
+# Short targets; `make fit` and `make test` do all set-up themselves (virtualenv, install, data).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/fashion_mnist.yaml
+SYSTEM_DATA := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data fit test test-fast lint bench clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The real dataset from Debian/Ubuntu's package (no download needed): installed system-wide when root,
+# otherwise unpacked into ./data. Skipped when a copy is already there.
+data:
+	@if [ -f $(SYSTEM_DATA)/train-images-idx3-ubyte.gz ] || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ] \
+	   || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: found"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  tmp=$$(mktemp -d) && (cd $$tmp && apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb x) \
+	  && mkdir -p data/FashionMNIST/raw && cp $$tmp/x$(SYSTEM_DATA)/*.gz data/FashionMNIST/raw/ && rm -rf $$tmp; \
+	fi
+
+fit: setup
+	$(PY) -m lit_softmax fit --config $(CONFIG)
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check lit_softmax tests
+	$(VENV)/bin/ruff format --check lit_softmax tests
+
+clean:
+	rm -rf logs/*/ data/FashionMNIST .pytest_cache

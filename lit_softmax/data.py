@@ -1,0 +1,319 @@
+"""Fashion-MNIST as in-memory tensors: find the IDX files, verify them, cut batches by index.
+
+The original script decoded every sample through PIL + ``ToTensor`` on every epoch; here the four IDX
+files are parsed once (torchvision's own reader) into uint8 tensors and each batch is one fancy-index.
+The DataLoader is still a plain ``DataLoader`` over a map-style dataset, so Lightning can inject its
+``DistributedSampler`` for multi-device training exactly as it would for any other dataset.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+from lit_softmax.errors import ConfigError, DataError
+
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# Where Debian/Ubuntu's `dataset-fashion-mnist` package installs the four .gz files.
+SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class IdxSpec:
+    filename: str  # decompressed name; the .gz sibling is accepted too
+    shape: tuple[int, ...]
+    sha256: str  # of the decompressed bytes (Debian recompressed the .gz, so .gz checksums differ)
+
+
+# The official release. Tests swap this table for small synthetic files.
+FILES: dict[str, IdxSpec] = {
+    "train_images": IdxSpec(
+        "train-images-idx3-ubyte", (60000, 28, 28),
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    "train_labels": IdxSpec(
+        "train-labels-idx1-ubyte", (60000,),
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    "test_images": IdxSpec(
+        "t10k-images-idx3-ubyte", (10000, 28, 28),
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    "test_labels": IdxSpec(
+        "t10k-labels-idx1-ubyte", (10000,),
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
+}  # fmt: skip
+
+HOW_TO_GET_DATA = (
+    "Get the data one of two ways:\n"
+    "  1. offline, from Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (puts the files in "
+    f"{SYSTEM_DIR}), or without root: `apt-get download dataset-fashion-mnist && dpkg-deb -x "
+    "dataset-fashion-mnist_*.deb /tmp/fm` and pass `--data.data_dir /tmp/fm/usr/share/datasets/fashion-mnist`;\n"
+    "  2. online: keep `--data.download true` (the default) and torchvision downloads it into data_dir."
+)
+
+
+def cache_dir(data_dir: str | Path) -> Path:
+    """torchvision's layout, so `torchvision.datasets.FashionMNIST(data_dir)` finds the same files."""
+    return Path(data_dir) / "FashionMNIST" / "raw"
+
+
+def _find(directory: Path, spec: IdxSpec) -> Path | None:
+    for name in (spec.filename, spec.filename + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def atomic_write_bytes(data: bytes, dest: Path) -> None:
+    """Write next to `dest` and rename: a crash or a concurrent process never sees half a file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _decompress(gz: Path, dest: Path) -> None:
+    try:
+        with gzip.open(gz, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{gz} is not a readable gzip file ({type(e).__name__}: {e}); it is truncated or corrupt. "
+            "Delete it (or reinstall: `sudo apt-get install --reinstall dataset-fashion-mnist`) and run again."
+        ) from e
+    try:
+        atomic_write_bytes(data, dest)
+    except OSError as e:
+        raise DataError(
+            f"cannot write the decompressed copy {dest} ({e}). Point `--data.data_dir` at a writable directory."
+        ) from e
+
+
+def locate_raw_files(data_dir: str | Path, download: bool = True) -> dict[str, Path]:
+    """Return the decompressed IDX file for each entry of FILES, making it if needed.
+
+    Looks, in order, in `data_dir` (plain or torchvision layout), the system copy, then downloads.
+    """
+    data_dir = Path(data_dir)
+    cache = cache_dir(data_dir)
+    candidates = [data_dir, cache, SYSTEM_DIR]
+    for directory in candidates:
+        found = {key: _find(directory, spec) for key, spec in FILES.items()}
+        if all(found.values()):
+            break
+    else:
+        if download:
+            _download(data_dir)
+            found = {key: _find(cache, spec) for key, spec in FILES.items()}
+        if not download or not all(found.values()):
+            looked = "\n".join(f"  - {d}" for d in candidates)
+            raise DataError(
+                f"Fashion-MNIST not found. Looked for {[s.filename + '[.gz]' for s in FILES.values()]} in:\n"
+                f"{looked}\n" + ("" if download else "and download is off (`--data.download false`).\n")
+                + HOW_TO_GET_DATA
+            )
+    paths = {}
+    for key, path in found.items():
+        if path.suffix == ".gz":
+            dest = cache / FILES[key].filename
+            if not dest.is_file():
+                _decompress(path, dest)
+            path = dest
+        paths[key] = path
+    return paths
+
+
+def _download(data_dir: Path) -> None:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        for train in (True, False):
+            FashionMNIST(str(data_dir), train=train, download=True)
+    except Exception as e:  # URLError, HTTPError, timeouts, checksum failures: all mean "no data this way"
+        raise DataError(
+            f"downloading Fashion-MNIST into {cache_dir(data_dir)} failed ({type(e).__name__}: {e}).\n"
+            + HOW_TO_GET_DATA
+        ) from e
+
+
+def read_idx(path: Path, spec: IdxSpec, num_classes: int = len(CLASSES)) -> Tensor:
+    """Parse one IDX file with torchvision's reader and check it is exactly what `spec` describes."""
+    fix = f"Delete {path} and run again (it is re-made from the source), or reinstall the dataset."
+    try:
+        x = read_sn3_pascalvincent_tensor(str(path), strict=True)
+    except (AssertionError, RuntimeError, ValueError, KeyError, IndexError) as e:
+        raise DataError(
+            f"{path} is not a valid IDX file (bad magic number or truncated: {type(e).__name__} {e}). {fix}"
+        ) from e
+    if x.dtype != torch.uint8:
+        raise DataError(f"{path} holds {x.dtype}, expected torch.uint8. {fix}")
+    if tuple(x.shape) != spec.shape:
+        raise DataError(f"{path} has shape {tuple(x.shape)}, expected {spec.shape}. {fix}")
+    if x.dim() == 1:  # labels
+        if int(x.max()) >= num_classes:
+            raise DataError(f"{path} has label {int(x.max())}, expected labels in 0..{num_classes - 1}. {fix}")
+        counts = torch.bincount(x.long(), minlength=num_classes)
+        expected = spec.shape[0] // num_classes
+        if not bool((counts == expected).all()):
+            raise DataError(f"{path} has class counts {counts.tolist()}, expected {expected} per class. {fix}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != spec.sha256:
+        raise DataError(
+            f"{path} parses but its SHA-256 is {digest}, not the official release's {spec.sha256}: "
+            f"the file was modified or is another dataset. {fix}"
+        )
+    return x
+
+
+class InMemoryDataset(Dataset):
+    """(images uint8 (N, 28, 28), labels int64 (N,)). `__getitems__` serves a whole batch in one index op."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        # DataLoader calls this with the sampler's batch of indices; see torch's _MapDatasetFetcher.
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx]
+
+
+def keep_batch(batch):
+    """collate_fn: `__getitems__` already returned stacked tensors."""
+    return batch
+
+
+class FashionMNISTDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 42,
+        download: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        """
+        Args:
+            data_dir: where IDX files are looked for first, and where decompressed copies/downloads go.
+            batch_size: training batch size *per process* (Lightning's convention); under DDP the
+                effective batch is batch_size x world size.
+            eval_batch_size: per-process batch for val/test/predict; only affects speed, not results.
+            val_size: images carved out of the 60,000 training images for validation.
+            split_seed: seed of that carve-out; fixed so every run validates on the same images.
+            download: try torchvision's downloader when no local copy is found.
+            num_workers: DataLoader workers. 0 is fastest here: batches are one tensor index.
+            pin_memory: page-locked host batches for faster GPU copies.
+        """
+        super().__init__()
+        n_train = FILES["train_labels"].shape[0]
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {value}. Set e.g. `--data.{name} 64`.")
+        if not 0 < val_size < n_train:
+            raise ConfigError(
+                f"data.val_size must be in 1..{n_train - 1} (the training set has {n_train} images), "
+                f"got {val_size}. The default carves out 5000: `--data.val_size 5000`."
+            )
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}.")
+        self.save_hyperparameters()
+        self.train_set: InMemoryDataset | None = None
+        self.val_set: InMemoryDataset | None = None
+        self.test_set: InMemoryDataset | None = None
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node: decompress / download once, atomically.
+        locate_raw_files(self.hparams.data_dir, self.hparams.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        paths = locate_raw_files(self.hparams.data_dir, self.hparams.download)
+        if stage in ("fit", "validate", None) and self.train_set is None:
+            images = read_idx(paths["train_images"], FILES["train_images"])
+            labels = read_idx(paths["train_labels"], FILES["train_labels"]).long()
+            g = torch.Generator().manual_seed(self.hparams.split_seed)
+            perm = torch.randperm(len(labels), generator=g)
+            val_idx, train_idx = perm[: self.hparams.val_size], perm[self.hparams.val_size :]
+            # Contiguous copies: each batch then gathers from one compact block.
+            self.train_set = InMemoryDataset(images[train_idx].contiguous(), labels[train_idx])
+            self.val_set = InMemoryDataset(images[val_idx].contiguous(), labels[val_idx])
+        if stage in ("test", "predict", None) and self.test_set is None:
+            images = read_idx(paths["test_images"], FILES["test_images"])
+            labels = read_idx(paths["test_labels"], FILES["test_labels"]).long()
+            self.test_set = InMemoryDataset(images, labels)
+
+    def normalization_stats(self) -> tuple[Tensor, Tensor]:
+        """Per-pixel mean and std (784,) of the training split, in [0, 1] units."""
+        if self.train_set is None:
+            self.setup("fit")
+        x = self.train_set.images.reshape(len(self.train_set), -1).double().div_(255)
+        return x.mean(0).float(), x.std(0).float()
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def _loader(self, dataset: InMemoryDataset | None, batch_size: int, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() first: the DataModule has not loaded this split.")
+        sampler = None
+        trainer = self.trainer
+        if not shuffle and trainer is not None and trainer.world_size > 1:
+            # Lightning would inject a DistributedSampler, which pads ranks with repeated samples and so
+            # scores some test images twice. This one splits the set without padding: exact metrics.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            collate_fn=keep_batch,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.hparams.pin_memory,
+        )
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        # uint8 travels to the device (4x fewer bytes than float); scale to the model's [0, 1] input there.
+        images, labels = batch
+        return images.float().div_(255), labels

@@ -1,0 +1,148 @@
+"""The command line as a user drives it: configs parse, compose and override; bad values fail before training."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, real_data_dir
+
+from lit_softmax.__main__ import main
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def print_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--print_config"])
+    assert info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_parses(capsys, config: Path) -> None:
+    resolved = print_config(capsys, "fit", "--config", str(config))
+    mine = yaml.safe_load(config.read_text())
+    # Every value the file sets is in the resolved config, unchanged.
+    for section in ("model", "data"):
+        for key, value in (mine.get(section) or {}).items():
+            assert resolved[section][key] == value, f"{config.name}: {section}.{key}"
+    for key, value in (mine.get("trainer") or {}).items():
+        if key != "logger":
+            assert resolved["trainer"][key] == value, f"{config.name}: trainer.{key}"
+
+
+def test_print_config_round_trips(capsys, tmp_path: Path) -> None:
+    first = print_config(capsys, "fit", "--config", str(REPO / "configs/fashion_mnist.yaml"))
+    saved = tmp_path / "full.yaml"
+    saved.write_text(yaml.safe_dump(first))
+    assert print_config(capsys, "fit", "--config", str(saved)) == first
+
+
+def test_configs_compose_and_command_line_overrides(capsys) -> None:
+    resolved = print_config(
+        capsys, "fit",
+        "--config", str(REPO / "configs/fashion_mnist.yaml"),
+        "--config", str(REPO / "configs/debug.yaml"),
+        "--model.lr", "0.05", "--trainer.max_epochs", "3",
+    )  # fmt: skip
+    assert resolved["model"]["lr"] == 0.05
+    assert resolved["trainer"]["max_epochs"] == 3
+    assert resolved["model"]["weight_decay"] == 0.002  # from the first file
+    assert resolved["trainer"]["limit_train_batches"] == 20  # from the second
+    assert resolved["trainer"]["logger"]["init_args"]["name"] == "debug"  # the later file wins
+    assert resolved["checkpoint"]["monitor"] == "val/acc" and resolved["checkpoint"]["save_last"] is True
+
+
+def test_defaults_are_the_classes_signatures(capsys) -> None:
+    import inspect
+
+    from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
+
+    resolved = print_config(capsys, "fit")
+    for section, cls in (("model", SoftmaxRegression), ("data", FashionMNISTDataModule)):
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        assert resolved[section] == defaults
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.batch_size", "0"], r"data.batch_size must be >= 1, got 0"),
+        (["--data.val_size", "60000"], r"data.val_size must be in 1..59999"),
+        (["--model.lr", "-0.1"], r"model.lr must be a positive number, got -0.1"),
+        (["--model.no_such_key", "1"], r"no_such_key"),
+        (["--model.lr", "fast"], r"model.lr"),
+        (["--model.optimizer", "rmsprop"], r"rmsprop"),
+    ],
+    ids=["batch-size-0", "val-size-too-big", "negative-lr", "unknown-key", "wrong-type", "bad-choice"],
+)
+def test_bad_values_fail_before_training(capsys, tmp_path: Path, monkeypatch, args: list[str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(REPO / "configs/debug.yaml"), *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "logs").exists(), "nothing may be written before the config is valid"
+
+
+def test_unknown_key_in_config_file(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  learning_rate: 0.1\n")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(bad)])
+    assert info.value.code == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_fit_then_test_best_in_subprocesses(tmp_path: Path) -> None:
+    """`python -m lit_softmax fit` as a user runs it, on the real data; then `test --ckpt_path best`."""
+    data = real_data_dir()
+    assert data is not None, "real Fashion-MNIST missing: run `make data` (CI installs it)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    common = ["--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", str(tmp_path / "data")]
+    fit = subprocess.run(
+        [sys.executable, "-m", "lit_softmax", "fit", *common, "--trainer.enable_progress_bar", "false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    run = tmp_path / "logs" / "debug" / "version_0"
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts
+    assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+
+    test = subprocess.run(
+        [sys.executable, "-m", "lit_softmax", "test", *common, "--ckpt_path", "best",
+         "--trainer.enable_progress_bar", "false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert test.returncode == 0, test.stderr[-3000:]
+    best = next(p for p in (run / "checkpoints").iterdir() if p.name != "last.ckpt")
+    assert str(best.relative_to(tmp_path)) in test.stdout + test.stderr
+    assert "test/acc" in test.stdout
+    # A second run never lands in the first one's directory.
+    assert (tmp_path / "logs" / "debug" / "version_1" / "config.yaml").is_file()
+
+
+def test_best_without_any_run_is_a_clear_error(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["test", "--config", str(REPO / "configs/debug.yaml"), "--ckpt_path", "best"])
+    assert info.value.code == 2
+    assert "no run with checkpoints under logs/debug: train first" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_path_is_a_clear_error(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["test", "--config", str(REPO / "configs/debug.yaml"), "--ckpt_path", "nope.ckpt"])
+    assert info.value.code == 2
+    assert "checkpoint nope.ckpt does not exist" in capsys.readouterr().err

@@ -1,0 +1,170 @@
+"""SoftmaxRegression against independent references: float64 hand-written softmax-CE, autograd, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
+from lit_softmax.errors import ConfigError
+
+
+def reference_loss(x, y, weight, bias, mean, std, label_smoothing=0.0):
+    """Softmax cross-entropy written out by hand, in float64: -sum_c q_c log p_c, averaged over the batch."""
+    x, weight, bias, mean, std = (t.double() for t in (x, weight, bias, mean, std))
+    z = ((x.reshape(len(x), -1) - mean) / std) @ weight.T + bias  # (B, 10) logits
+    z = z - z.max(dim=1, keepdim=True).values  # shift for stability; softmax is shift-invariant
+    log_p = z - torch.log(torch.exp(z).sum(dim=1, keepdim=True))
+    k = z.shape[1]
+    q = torch.full_like(log_p, label_smoothing / k)
+    q[torch.arange(len(y)), y] += 1 - label_smoothing
+    return -(q * log_p).sum(dim=1).mean()
+
+
+def model_with_stats(**kwargs) -> SoftmaxRegression:
+    torch.manual_seed(0)
+    model = SoftmaxRegression(**kwargs)
+    model.pixel_mean.uniform_(0.1, 0.4)  # non-trivial normalisation buffers
+    model.pixel_std.uniform_(0.2, 0.5)
+    return model
+
+
+def batch(n=32):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (5, 784), (5, 28, 28)])
+def test_logits_shape(shape) -> None:
+    assert SoftmaxRegression()(torch.rand(shape)).shape == (5, 10)
+
+
+def test_exactly_one_linear_layer() -> None:
+    model = SoftmaxRegression()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and linears[0].in_features == 784 and linears[0].out_features == 10
+    assert sum(p.numel() for p in model.parameters()) == 784 * 10 + 10
+
+
+def test_wrong_input_shape_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, 28, 28\) or \(B, 784\), got \(2, 3072\)"):
+        SoftmaxRegression()(torch.rand(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_training_loss_and_gradients_match_float64_reference(label_smoothing: float) -> None:
+    model = model_with_stats(label_smoothing=label_smoothing)
+    x, y = batch()
+    loss = model.training_step((x, y), 0)
+    loss.backward()
+
+    w = model.linear.weight.detach().double().requires_grad_()
+    b = model.linear.bias.detach().double().requires_grad_()
+    ref = reference_loss(x, y, w, b, model.pixel_mean, model.pixel_std, label_smoothing)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(model.linear.weight.grad.double(), w.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model.linear.bias.grad.double(), b.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_eval_loss_is_plain_cross_entropy_even_with_smoothing() -> None:
+    model = model_with_stats(label_smoothing=0.2)
+    x, y = batch()
+    model.test_step((x, y), 0)
+    ref = reference_loss(x, y, model.linear.weight, model.linear.bias, model.pixel_mean, model.pixel_std)
+    assert model.test_loss.compute().item() == pytest.approx(ref.item(), rel=1e-5)
+    acc = (model(x).argmax(1) == y).float().mean()
+    assert model.test_acc.compute().item() == pytest.approx(acc.item())
+
+
+def test_predict_returns_probabilities() -> None:
+    model = model_with_stats()
+    x, _ = batch(8)
+    p = model.predict_step((x,), 0)
+    assert p.shape == (8, 10) and torch.allclose(p.sum(1), torch.ones(8))
+    assert torch.equal(p.argmax(1), model(x).argmax(1))
+
+
+def test_weight_decay_only_on_weights_and_cosine_reaches_zero() -> None:
+    model = SoftmaxRegression(lr=0.5, momentum=0.9, weight_decay=1e-3, scheduler="cosine", warmup_steps=10)
+
+    class FakeTrainer:
+        estimated_stepping_batches = 100
+
+    model.trainer = FakeTrainer()  # configure_optimizers only reads the step count
+    config = model.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-3, 0.0]
+    assert opt.param_groups[0]["params"][0] is model.linear.weight
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.05) and lrs[9] == pytest.approx(0.5)  # linear warm-up
+    assert max(lrs) == pytest.approx(0.5) and lrs[-1] < 0.001 and opt.param_groups[0]["lr"] == pytest.approx(0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": -0.1}, r"model.lr must be a positive number, got -0.1"),
+        ({"lr": 0.0}, r"model.lr must be a positive number"),
+        ({"momentum": 1.0}, r"model.momentum must be in \[0, 1\)"),
+        ({"weight_decay": -1e-4}, r"model.weight_decay must be >= 0"),
+        ({"label_smoothing": 1.0}, r"model.label_smoothing must be in \[0, 1\)"),
+        ({"nesterov": True}, r"model.nesterov needs optimizer sgd and momentum > 0"),
+        ({"num_classes": 1}, r"model.num_classes must be >= 2"),
+    ],
+)
+def test_bad_model_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SoftmaxRegression(**kwargs)
+
+
+def fit_tiny(tmp_path: Path, synthetic_dir: Path, **model_kwargs) -> tuple[L.Trainer, SoftmaxRegression]:
+    dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, batch_size=32, download=False)
+    model = SoftmaxRegression(lr=0.5, **model_kwargs)
+    trainer = L.Trainer(
+        max_epochs=3, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt")],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return trainer, model
+
+
+def test_checkpoint_alone_classifies_images(tmp_path: Path, synthetic_dir: Path) -> None:
+    trainer, model = fit_tiny(tmp_path, synthetic_dir)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SoftmaxRegression.load_from_checkpoint(path, map_location="cpu").eval()
+    model.eval()
+    x, _ = batch(16)
+    assert torch.equal(loaded(x), model(x))
+    # The per-pixel statistics came from the data and travel inside the checkpoint.
+    assert torch.equal(loaded.pixel_mean, model.pixel_mean) and not torch.all(loaded.pixel_mean == 0)
+    assert loaded.hparams.lr == 0.5
+
+
+@pytest.mark.parametrize("normalize", ["none", "global", "per_pixel"])
+def test_normalisation_modes(tmp_path: Path, synthetic_dir: Path, normalize: str) -> None:
+    _, model = fit_tiny(tmp_path, synthetic_dir, normalize=normalize)
+    dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, download=False)
+    mean, std = dm.normalization_stats()
+    if normalize == "none":
+        assert torch.all(model.pixel_mean == 0) and torch.all(model.pixel_std == 1)
+    elif normalize == "global":
+        assert torch.allclose(model.pixel_mean, mean.mean().expand(784))
+    else:
+        assert torch.allclose(model.pixel_mean, mean) and torch.all(model.pixel_std > std)
+    # The synthetic classes are linearly separable: every mode must learn them.
+    assert trainer_free_accuracy(model, dm) > 0.9
+
+
+def trainer_free_accuracy(model: SoftmaxRegression, dm: FashionMNISTDataModule) -> float:
+    dm.setup("test")
+    x = dm.test_set.images.float() / 255
+    return (model(x).argmax(1) == dm.test_set.labels).float().mean().item()
