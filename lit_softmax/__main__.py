@@ -1,12 +1,12 @@
 """Command line: LightningCLI over SoftmaxRegression + FashionMNISTDataModule.
 
-    python -m lit_softmax fit --config configs/fashion_mnist.yaml            # the tuned default
-    python -m lit_softmax fit --config configs/seed_recipe.yaml              # the original script's recipe
-    python -m lit_softmax fit --config configs/debug.yaml                    # seconds-long smoke run
-    python -m lit_softmax fit --config configs/fashion_mnist.yaml --model.lr 0.05 --trainer.max_epochs 3
-    python -m lit_softmax test --config configs/fashion_mnist.yaml --ckpt_path best   # best of the latest run
-    python -m lit_softmax fit --config configs/fashion_mnist.yaml --print_config      # the full resolved config
-    tensorboard --logdir logs
+python -m lit_softmax fit --config configs/fashion_mnist.yaml            # the tuned default
+python -m lit_softmax fit --config configs/seed_recipe.yaml              # the original script's recipe
+python -m lit_softmax fit --config configs/debug.yaml                    # seconds-long smoke run
+python -m lit_softmax fit --config configs/fashion_mnist.yaml --model.lr 0.05 --trainer.max_epochs 3
+python -m lit_softmax test --config configs/fashion_mnist.yaml --ckpt_path best   # best of the latest run
+python -m lit_softmax fit --config configs/fashion_mnist.yaml --print_config      # the full resolved config
+tensorboard --logdir logs
 """
 
 from __future__ import annotations

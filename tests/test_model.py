@@ -42,10 +42,18 @@ def test_logits_shape(shape) -> None:
     assert SoftmaxRegression()(torch.rand(shape)).shape == (5, 10)
 
 
+def test_uint8_input_equals_float_input() -> None:
+    model = model_with_stats()
+    pixels = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    torch.testing.assert_close(model(pixels), model(pixels.float() / 255), rtol=1e-5, atol=1e-5)
+
+
 def test_exactly_one_linear_layer() -> None:
     model = SoftmaxRegression()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert len(linears) == 1 and linears[0].in_features == 784 and linears[0].out_features == 10
+    assert len(linears) == 1
+    assert linears[0].in_features == 784
+    assert linears[0].out_features == 10
     assert sum(p.numel() for p in model.parameters()) == 784 * 10 + 10
 
 
@@ -84,7 +92,8 @@ def test_predict_returns_probabilities() -> None:
     model = model_with_stats()
     x, _ = batch(8)
     p = model.predict_step((x,), 0)
-    assert p.shape == (8, 10) and torch.allclose(p.sum(1), torch.ones(8))
+    assert p.shape == (8, 10)
+    assert torch.allclose(p.sum(1), torch.ones(8))
     assert torch.equal(p.argmax(1), model(x).argmax(1))
 
 
@@ -104,8 +113,11 @@ def test_weight_decay_only_on_weights_and_cosine_reaches_zero() -> None:
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs[0] == pytest.approx(0.05) and lrs[9] == pytest.approx(0.5)  # linear warm-up
-    assert max(lrs) == pytest.approx(0.5) and lrs[-1] < 0.001 and opt.param_groups[0]["lr"] == pytest.approx(0)
+    assert lrs[0] == pytest.approx(0.05)
+    assert lrs[9] == pytest.approx(0.5)
+    assert max(lrs) == pytest.approx(0.5)
+    assert lrs[-1] < 0.001
+    assert opt.param_groups[0]["lr"] == pytest.approx(0)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +128,7 @@ def test_weight_decay_only_on_weights_and_cosine_reaches_zero() -> None:
         ({"momentum": 1.0}, r"model.momentum must be in \[0, 1\)"),
         ({"weight_decay": -1e-4}, r"model.weight_decay must be >= 0"),
         ({"label_smoothing": 1.0}, r"model.label_smoothing must be in \[0, 1\)"),
-        ({"nesterov": True}, r"model.nesterov needs optimizer sgd and momentum > 0"),
+        ({"nesterov": True}, r"model.nesterov needs sgd and momentum > 0"),
         ({"num_classes": 1}, r"model.num_classes must be >= 2"),
     ],
 )
@@ -145,7 +157,8 @@ def test_checkpoint_alone_classifies_images(tmp_path: Path, synthetic_dir: Path)
     x, _ = batch(16)
     assert torch.equal(loaded(x), model(x))
     # The per-pixel statistics came from the data and travel inside the checkpoint.
-    assert torch.equal(loaded.pixel_mean, model.pixel_mean) and not torch.all(loaded.pixel_mean == 0)
+    assert torch.equal(loaded.pixel_mean, model.pixel_mean)
+    assert not torch.all(loaded.pixel_mean == 0)
     assert loaded.hparams.lr == 0.5
 
 
@@ -155,11 +168,13 @@ def test_normalisation_modes(tmp_path: Path, synthetic_dir: Path, normalize: str
     dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, download=False)
     mean, std = dm.normalization_stats()
     if normalize == "none":
-        assert torch.all(model.pixel_mean == 0) and torch.all(model.pixel_std == 1)
+        assert torch.all(model.pixel_mean == 0)
+        assert torch.all(model.pixel_std == 1)
     elif normalize == "global":
         assert torch.allclose(model.pixel_mean, mean.mean().expand(784))
     else:
-        assert torch.allclose(model.pixel_mean, mean) and torch.all(model.pixel_std > std)
+        assert torch.allclose(model.pixel_mean, mean)
+        assert torch.all(model.pixel_std > std)
     # The synthetic classes are linearly separable: every mode must learn them.
     assert trainer_free_accuracy(model, dm) > 0.9
 
