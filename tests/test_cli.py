@@ -122,7 +122,8 @@ def test_fit_then_test_best_in_subprocesses(tmp_path: Path) -> None:
     assert fit.returncode == 0, fit.stderr[-3000:]
     run = tmp_path / "logs" / "debug" / "version_0"
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts
+    assert "last.ckpt" in ckpts, ckpts
+    assert len(ckpts) == 2, ckpts
     assert (run / "config.yaml").is_file()
     assert (run / "hparams.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*"))
