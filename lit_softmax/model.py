@@ -8,6 +8,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -122,6 +123,21 @@ class SoftmaxRegression(L.LightningModule):
         self.pixel_mean.copy_(mean)
         self.pixel_std.copy_(std)
 
+    def on_fit_start(self) -> None:
+        # batch_size is per process (Lightning's convention), so say what one optimizer step really sees.
+        trainer = self.trainer
+        per_process = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("batch_size")
+        if per_process is None:
+            return
+        effective = per_process * trainer.world_size * trainer.accumulate_grad_batches
+        info = {"effective_batch_size": effective, "world_size": trainer.world_size}
+        for logger in trainer.loggers:
+            logger.log_hyperparams(info)
+        rank_zero_info(
+            f"effective batch size {effective} = {per_process} per process x {trainer.world_size} processes x "
+            f"{trainer.accumulate_grad_batches} accumulation; peak lr {self.hparams.lr}"
+        )
+
     def on_train_start(self) -> None:
         # The sanity-check validation ran on two batches only; its accuracy must not become the "best".
         self.val_acc.reset()
@@ -146,8 +162,8 @@ class SoftmaxRegression(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/acc", self.train_acc.compute())
-        self.train_acc.reset()
+        # Logging the Metric object (not a tensor) lets Lightning compute it, synced across processes, and reset it.
+        self.log("train/acc", self.train_acc)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -156,14 +172,14 @@ class SoftmaxRegression(L.LightningModule):
         self.val_acc.update(logits, y)
 
     def on_validation_epoch_end(self) -> None:
-        acc = self.val_acc.compute()  # synced across processes by torchmetrics
-        self.log("val/loss", self.val_loss.compute())
-        self.log("val/acc", acc, prog_bar=True)
+        acc = self.val_acc.compute()  # synced across processes by torchmetrics: identical on every rank
+        self.log("val/loss", self.val_loss)
+        self.log("val/acc", self.val_acc, prog_bar=True)
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(acc)
-            self.log("val/acc_best", self.val_acc_best.compute())
-        self.val_acc.reset()
-        self.val_loss.reset()
+            # Already identical on every rank; "max" keeps it bit-exact where a mean of N copies could round.
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, reduce_fx="max")
+            self.log("hp_metric", self.val_acc_best.compute(), sync_dist=True, reduce_fx="max")
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -172,10 +188,8 @@ class SoftmaxRegression(L.LightningModule):
         self.test_acc.update(logits, y)
 
     def on_test_epoch_end(self) -> None:
-        self.log("test/loss", self.test_loss.compute())
-        self.log("test/acc", self.test_acc.compute())
-        self.test_loss.reset()
-        self.test_acc.reset()
+        self.log("test/loss", self.test_loss)
+        self.log("test/acc", self.test_acc)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

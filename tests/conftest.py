@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +59,39 @@ def real_data_dir() -> Path | None:
         if (d / "train-images-idx3-ubyte.gz").is_file() or (d / "train-images-idx3-ubyte").is_file():
             return d
     return None
+
+
+def run_cli(
+    *args: str, cwd: Path, timeout: int = 600, launcher: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m lit_softmax ...` (or a launcher in front of `-m lit_softmax`) as a user would."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    command = [sys.executable, *(launcher or []), "-m", "lit_softmax", *args, "--trainer.enable_progress_bar", "false"]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    """Read a run's TensorBoard events back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def need_real_data() -> Path:
+    found = real_data_dir()
+    assert found is not None, "real Fashion-MNIST missing: run `make data` (CI installs it)"
+    return found
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One single-process `fit --config configs/fashion_mnist.yaml` on the real data, shared by the slow tests."""
+    need_real_data()
+    cwd = tmp_path_factory.mktemp("default_run")
+    fit = run_cli(
+        "fit", "--config", str(REPO / "configs/fashion_mnist.yaml"), "--data.data_dir", str(cwd / "data"), cwd=cwd
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    return cwd / "logs" / "fashion_mnist" / "version_0"

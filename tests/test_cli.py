@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, real_data_dir
+from conftest import REPO, need_real_data, run_cli
 
 from lit_softmax.__main__ import main
 
@@ -111,14 +109,9 @@ def test_unknown_key_in_config_file(capsys, tmp_path: Path, monkeypatch) -> None
 
 def test_fit_then_test_best_in_subprocesses(tmp_path: Path) -> None:
     """`python -m lit_softmax fit` as a user runs it, on the real data; then `test --ckpt_path best`."""
-    data = real_data_dir()
-    assert data is not None, "real Fashion-MNIST missing: run `make data` (CI installs it)"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    need_real_data()
     common = ["--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", str(tmp_path / "data")]
-    fit = subprocess.run(
-        [sys.executable, "-m", "lit_softmax", "fit", *common, "--trainer.enable_progress_bar", "false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    fit = run_cli("fit", *common, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     run = tmp_path / "logs" / "debug" / "version_0"
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -128,11 +121,7 @@ def test_fit_then_test_best_in_subprocesses(tmp_path: Path) -> None:
     assert (run / "hparams.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*"))
 
-    test = subprocess.run(
-        [sys.executable, "-m", "lit_softmax", "test", *common, "--ckpt_path", "best",
-         "--trainer.enable_progress_bar", "false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    test = run_cli("test", *common, "--ckpt_path", "best", cwd=tmp_path)
     assert test.returncode == 0, test.stderr[-3000:]
     best = next(p for p in (run / "checkpoints").iterdir() if p.name != "last.ckpt")
     assert str(best.relative_to(tmp_path)) in test.stdout + test.stderr
