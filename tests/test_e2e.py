@@ -21,6 +21,11 @@ def test_default_config_reaches_target_accuracy(default_run: Path) -> None:
     assert metrics["val/acc_best"][-1] == pytest.approx(max(metrics["val/acc"]))
     epochs = yaml.safe_load((REPO / "configs/fashion_mnist.yaml").read_text())["trainer"]["max_epochs"]
     assert len(metrics["val/acc"]) == epochs  # validated every epoch, sanity check not logged
+    steps = epochs * -(-55000 // 2048)
+    assert len(metrics["train/loss"]) == steps // 50  # one window mean per log_every_n_steps (50)
+    assert metrics["train/loss"][-1] < metrics["train/loss"][0]
+    assert len(metrics["lr-SGD/pg1"]) == steps // 50
+    assert metrics["lr-SGD/pg1"][-1] < 0.01 * max(metrics["lr-SGD/pg1"])  # cosine decayed to ~0
 
     # The best checkpoint alone reproduces test/acc, independently of Lightning's test loop.
     best = next(p for p in (default_run / "checkpoints").iterdir() if p.name != "last.ckpt")
