@@ -44,43 +44,57 @@ class SoftmaxCLI(LightningCLI):
             help="After fit, evaluate the best checkpoint (by val/acc) on the test split, in the same run.",
         )  # fmt: skip
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Before LightningCLI reads the model's hyper-parameters from `ckpt_path` (so `best`/`last` get them too)
+        # and before anything is instantiated or written.
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path") is not None:
+            self._resolve_ckpt_path(self.config[subcommand], subcommand)
+
+    def _resolve_ckpt_path(self, config, subcommand: str) -> None:
+        """`best`/`last` mean "of the newest earlier run of this config", not of this fresh process."""
+        ckpt_path = config["ckpt_path"]
+        if ckpt_path in ("best", "last"):
+            if subcommand == "fit" and ckpt_path == "best":
+                raise CheckpointError("fit --ckpt_path best is not supported; resume with `--ckpt_path last`.")
+            config["ckpt_path"] = str(find_run_checkpoint(runs_root(config), ckpt_path))
+        elif not Path(ckpt_path).is_file():
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} does not exist. Pass the path of a .ckpt file, or `best`/`last` "
+                "for the newest run of this config."
+            )
+        load_checkpoint_safely(Path(config["ckpt_path"]))
+
     def before_fit(self) -> None:
-        self._resolve_ckpt_path("fit")
+        self._check_fits_model("fit")
 
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
 
     def before_validate(self) -> None:
-        self._resolve_ckpt_path("validate")
+        self._check_fits_model("validate")
 
     def before_test(self) -> None:
-        self._resolve_ckpt_path("test")
+        self._check_fits_model("test")
 
     def before_predict(self) -> None:
-        self._resolve_ckpt_path("predict")
+        self._check_fits_model("predict")
 
-    def _resolve_ckpt_path(self, subcommand: str) -> None:
-        """`best`/`last` mean "of the newest earlier run of this config", not of this fresh process."""
-        config = self.config_init[subcommand]
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path is None:
-            return
-        if ckpt_path in ("best", "last"):
-            if subcommand == "fit" and ckpt_path == "best":
-                raise CheckpointError("fit --ckpt_path best is not supported; resume with `--ckpt_path last`.")
-            config["ckpt_path"] = str(find_run_checkpoint(self._runs_root(), ckpt_path))
-        elif not Path(ckpt_path).is_file():
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} does not exist. Pass the path of a .ckpt file, or `best`/`last` "
-                f"for the newest run under {self._runs_root()}."
-            )
+    def _check_fits_model(self, subcommand: str) -> None:
+        ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        if ckpt_path is not None:
+            check_fits_model(load_checkpoint_safely(Path(ckpt_path)), Path(ckpt_path), self.model)
 
-    def _runs_root(self) -> Path:
-        logger = self.trainer.logger
-        if logger is None or getattr(logger, "root_dir", None) is None:
-            raise CheckpointError("`best`/`last` need a logger to find earlier runs; pass the .ckpt path instead.")
-        return Path(logger.root_dir)
+
+def runs_root(config) -> Path:
+    """logs/<name> of the configured TensorBoard (or CSV) logger: where earlier runs of this config live."""
+    logger = config["trainer"].get("logger")
+    init_args = getattr(logger, "init_args", None)
+    if init_args is None or getattr(init_args, "save_dir", None) is None:
+        raise CheckpointError("`best`/`last` need a logger to find earlier runs; pass the .ckpt path instead.")
+    return Path(init_args.save_dir) / (getattr(init_args, "name", None) or "")
 
 
 def find_run_checkpoint(root: Path, which: str) -> Path:
@@ -104,6 +118,39 @@ def find_run_checkpoint(root: Path, which: str) -> Path:
     if not best.is_file():
         raise CheckpointError(f"{last} names best checkpoint {best}, which does not exist; pass a path instead.")
     return best
+
+
+def load_checkpoint_safely(path: Path) -> dict:
+    """Load with `weights_only=True` (tensors and plain containers only: a crafted pickle cannot run code),
+    and turn every failure into a message that says what is wrong with the file."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains Python objects other than tensors and plain data, which "
+                "could run arbitrary code when unpickled (loaded with weights_only=True). Only use checkpoints "
+                "written by this project, from a source you trust."
+            ) from e
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:120]}); it is truncated or not "
+            "a .ckpt file. Use another checkpoint of the run (e.g. last.ckpt) or retrain."
+        ) from e
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt from `fit`.")
+    return checkpoint
+
+
+def check_fits_model(checkpoint: dict, path: Path, model: torch.nn.Module) -> None:
+    state = checkpoint["state_dict"]
+    for name, expected in model.state_dict().items():
+        found = state.get(name)
+        if found is None or found.shape != expected.shape:
+            got = "missing" if found is None else f"shape {tuple(found.shape)}"
+            raise CheckpointError(
+                f"{path} does not fit this model: {name} is {got}, expected shape {tuple(expected.shape)}. "
+                "Run with the config the checkpoint was trained with (its run directory holds config.yaml)."
+            )
 
 
 def main(args: list[str] | None = None) -> None:

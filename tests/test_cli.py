@@ -144,3 +144,54 @@ def test_missing_checkpoint_path_is_a_clear_error(capsys, tmp_path: Path, monkey
         main(["test", "--config", str(REPO / "configs/debug.yaml"), "--ckpt_path", "nope.ckpt"])
     assert info.value.code == 2
     assert "checkpoint nope.ckpt does not exist" in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling this runs code: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _ckpt_error(capsys, tmp_path: Path, ckpt: Path) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(["test", "--config", str(REPO / "configs/debug.yaml"), "--ckpt_path", str(ckpt)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    assert "broken.ckpt cannot be read as a checkpoint" in _ckpt_error(capsys, tmp_path, bad)
+
+
+def test_checkpoint_with_code_payload_is_refused_not_run(capsys, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, evil)
+    err = _ckpt_error(capsys, tmp_path, evil)
+    assert "refusing to load" in err
+    assert "weights_only=True" in err
+    assert not marker.exists(), "the payload ran"
+
+
+def test_checkpoint_of_another_model_shape_is_a_clear_error(capsys, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from lit_softmax import SoftmaxRegression
+
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "five_classes.ckpt"
+    torch.save({"state_dict": SoftmaxRegression(num_classes=5).state_dict()}, other)
+    err = _ckpt_error(capsys, tmp_path, other)
+    assert "does not fit this model: linear.weight is shape (5, 784), expected shape (10, 784)" in err
