@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_softmax.dashboard import TensorBoardDashboard
 from lit_softmax.data import FashionMNISTDataModule
 from lit_softmax.errors import CheckpointError, LitSoftmaxError
 from lit_softmax.model import SoftmaxRegression
@@ -39,6 +40,7 @@ class SoftmaxCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(TensorBoardDashboard, "dashboard")
         parser.add_argument(
             "--test_after_fit", type=bool, default=False,
             help="After fit, evaluate the best checkpoint (by val/acc) on the test split, in the same run.",
@@ -161,7 +163,7 @@ def main(args: list[str] | None = None) -> None:
             seed_everything_default=42,
             trainer_defaults={
                 "logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "class_path": "lit_softmax.dashboard.TensorBoardLogger",
                     "init_args": {"save_dir": "logs", "name": "fashion_mnist"},
                 },
             },

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 
 from lit_softmax.errors import ConfigError
 
@@ -80,6 +80,11 @@ class SoftmaxRegression(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
+        # For the TensorBoard dashboard (lit_softmax/dashboard.py): confusion matrices and calibration.
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.val_ece = MulticlassCalibrationError(num_classes, n_bins=15)
+        self.test_ece = MulticlassCalibrationError(num_classes, n_bins=15)
         # Running sum of the training loss between two logging steps (see training_step). A plain dict, mutated
         # in place: assigning attributes on an nn.Module goes through its slow __setattr__ every step.
         self._loss_window: dict = {"sum": 0.0, "steps": 0}
@@ -126,13 +131,15 @@ class SoftmaxRegression(L.LightningModule):
     def on_fit_start(self) -> None:
         # batch_size is per process (Lightning's convention), so say what one optimizer step really sees.
         trainer = self.trainer
-        per_process = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get("batch_size")
+        data_hparams = getattr(getattr(trainer, "datamodule", None), "hparams", {})
+        per_process = data_hparams.get("batch_size")
         if per_process is None:
             return
         effective = per_process * trainer.world_size * trainer.accumulate_grad_batches
         info = {"effective_batch_size": effective, "world_size": trainer.world_size}
         for logger in trainer.loggers:
-            logger.log_hyperparams(info)
+            # All of them again: TensorBoard's HPARAMS tab shows the last set a run logged.
+            logger.log_hyperparams({**self.hparams, **data_hparams, **info})
         rank_zero_info(
             f"effective batch size {effective} = {per_process} per process x {trainer.world_size} processes x "
             f"{trainer.accumulate_grad_batches} accumulation; peak lr {self.hparams.lr}"
@@ -166,31 +173,43 @@ class SoftmaxRegression(L.LightningModule):
         # Logging the Metric object (not a tensor) lets Lightning compute it, synced across processes, and reset it.
         self.log("train/acc", self.train_acc)
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_confmat.reset()
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
         self.val_loss.update(F.cross_entropy(logits, y), weight=len(y))
         self.val_acc.update(logits, y)
+        self.val_confmat.update(logits, y)
+        self.val_ece.update(logits.float(), y)
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute()  # synced across processes by torchmetrics: identical on every rank
         self.log("val/loss", self.val_loss)
         self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log("val/ece", self.val_ece)
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(acc)
             # Already identical on every rank; "max" keeps it bit-exact where a mean of N copies could round.
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, reduce_fx="max")
             self.log("hp_metric", self.val_acc_best.compute(), sync_dist=True, reduce_fx="max")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_confmat.reset()
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
         self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
         self.test_acc.update(logits, y)
+        self.test_confmat.update(logits, y)
+        self.test_ece.update(logits.float(), y)
 
     def on_test_epoch_end(self) -> None:
         self.log("test/loss", self.test_loss)
         self.log("test/acc", self.test_acc)
+        self.log("test/ece", self.test_ece)
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

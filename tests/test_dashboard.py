@@ -1,0 +1,138 @@
+"""TensorBoard dashboards: every tag is written with sane values, and TensorBoard itself serves them."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, scalars
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_softmax.dashboard import confusion_matrix, misclassified_grid, reliability_diagram, weight_templates
+from lit_softmax.data import CLASSES
+
+CLASS_TAGS = [name.replace("/", "_") for name in CLASSES]
+
+
+def images(run_dir: Path) -> dict[str, list]:
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    events.Reload()
+    return {tag: events.Images(tag) for tag in events.Tags()["images"]}
+
+
+def test_renderers_draw_what_they_are_given() -> None:
+    w = torch.zeros(10, 784)
+    w[3, :392] = 1.0  # top half of class 3 is positive evidence -> red pixels there
+    image = weight_templates(w)
+    assert image.mode == "RGB"
+    assert image.width > 5 * 28 * 4
+    counts = torch.diag(torch.full((10,), 100))
+    counts[6, 0] = 100  # half the shirts called T-shirts
+    assert confusion_matrix(counts).size[0] > 300
+    conf = torch.linspace(0.05, 1, 1000)
+    assert reliability_diagram(conf, (torch.rand(1000) < conf).float()).size == (300, 300)
+    grid = misclassified_grid(torch.rand(9, 28, 28), torch.zeros(9), torch.ones(9))
+    assert grid.size[1] > 2 * 28 * 3  # 9 images -> 2 rows
+
+
+@pytest.mark.slow
+def test_event_files_hold_every_dashboard(default_run: Path) -> None:
+    metrics = scalars(default_run)
+    epochs = yaml.safe_load((REPO / "configs/fashion_mnist.yaml").read_text())["trainer"]["max_epochs"]
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "lr-SGD/pg1", "test/loss",
+                "test/acc", "val/ece", "test/ece", "hp_metric"):  # fmt: skip
+        assert tag in metrics, tag
+    assert all(0 < v < 1 for v in metrics["val/ece"])
+    assert metrics["val/ece"][-1] < 0.05  # once converged, softmax regression is well calibrated
+    assert 0 < metrics["test/ece"][-1] < 0.05
+    assert metrics["hp_metric"][-1] == pytest.approx(max(metrics["val/acc"]))  # a real hp_metric, never -1
+    assert -1 not in metrics["hp_metric"]
+    per_class = [metrics[f"test/acc_per_class/{name}"][-1] for name in CLASS_TAGS]
+    # The test set is balanced (1,000 per class), so the mean per-class accuracy is the accuracy.
+    assert sum(per_class) / 10 == pytest.approx(metrics["test/acc"][-1], abs=1e-6)
+    assert min(per_class) == metrics["test/acc_per_class/Shirt"][-1]  # the famously hard class
+    assert len(metrics["val/acc_per_class/Trouser"]) == epochs
+
+    logged = images(default_run)
+    assert len(logged["val/weight_templates"]) == epochs
+    for tag in ("val/confusion_matrix", "val/reliability_diagram", "test/confusion_matrix",
+                "test/reliability_diagram", "test/misclassified"):  # fmt: skip
+        picture = Image.open(io.BytesIO(logged[tag][-1].encoded_image_string))
+        assert picture.size[0] > 200, tag
+        assert len(set(picture.convert("L").getdata())) > 10, f"{tag} is blank"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_run(default_run: Path) -> None:
+    logdir = default_run.parents[1]  # logs/, as a user points TensorBoard at it
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+         "--port", str(port), "--reload_interval", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        deadline = time.monotonic() + 60
+        runs = None
+        while time.monotonic() < deadline:
+            try:
+                runs = get_json(f"{base}/runs")
+                if runs:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.5)
+        assert runs, "TensorBoard did not come up with the run within 60 s"
+        run = "fashion_mnist/version_0"
+        assert run in runs
+        scalar_tags = get_json(f"{base}/plugin/scalars/tags")[run]
+        assert {"val/acc", "train/loss", "test/acc", "val/ece"} <= set(scalar_tags)
+        values = get_json(f"{base}/plugin/scalars/scalars?run={run}&tag=val/acc")
+        assert 0.8 < values[-1][2] < 1.0  # [wall_time, step, value]
+        image_tags = get_json(f"{base}/plugin/images/tags")[run]
+        assert {"val/weight_templates", "test/confusion_matrix", "test/misclassified"} <= set(image_tags)
+        entries = get_json(f"{base}/plugin/images/images?run={run}&tag=test/confusion_matrix")
+        with urllib.request.urlopen(
+            f"{base}/plugin/images/individualImage?{entries[-1]['query']}", timeout=10
+        ) as response:
+            assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+        # HPARAMS tab: the run's hyper-parameters and a real hp_metric (the best val/acc, not -1).
+        body = {
+            "experimentName": "", "startIndex": 0, "sliceSize": 10,
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": [{"metric": {"tag": "hp_metric"}}],
+        }  # fmt: skip
+        request = urllib.request.Request(
+            f"{base}/plugin/hparams/session_groups", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            group = json.loads(response.read())["sessionGroups"][0]
+        assert group["hparams"]["lr"] == 0.4
+        assert group["hparams"]["effective_batch_size"] == 2048
+        assert group["metricValues"][0]["value"] == pytest.approx(max(scalars(default_run)["val/acc"]))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
