@@ -23,6 +23,7 @@ from lit_softmax.dashboard import TensorBoardDashboard
 from lit_softmax.data import FashionMNISTDataModule
 from lit_softmax.errors import CheckpointError, LitSoftmaxError
 from lit_softmax.model import SoftmaxRegression
+from lit_softmax.predict import CSVPredictionWriter
 
 
 class SoftmaxCLI(LightningCLI):
@@ -41,6 +42,7 @@ class SoftmaxCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(TensorBoardDashboard, "dashboard")
+        parser.add_lightning_class_args(CSVPredictionWriter, "prediction_writer")
         parser.add_argument(
             "--test_after_fit", type=bool, default=False,
             help="After fit, evaluate the best checkpoint (by val/acc) on the test split, in the same run.",

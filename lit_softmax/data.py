@@ -15,6 +15,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -227,6 +228,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         on_device: bool = False,
+        predict_dir: str | None = None,
+        invert: Literal["auto", "yes", "no"] = "auto",
     ) -> None:
         """
         Args:
@@ -242,6 +245,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             on_device: keep the whole dataset (55 MB of uint8 for train+val+test) on the training device, so a
                 GPU step reads its batch from device memory: no host-to-device copy, no pinned buffers.
                 A no-op on CPU.
+            predict_dir: a folder of PNG/JPEG/BMP images to `predict` on, instead of the test split.
+            invert: for predict_dir images. Fashion-MNIST is a light garment on black; "auto" inverts images
+                whose border is light (dark-on-light photos), "yes"/"no" force it.
         """
         super().__init__()
         n_train = FILES["train_labels"].shape[0]
@@ -264,12 +270,23 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.train_set: InMemoryDataset | None = None
         self.val_set: InMemoryDataset | None = None
         self.test_set: InMemoryDataset | None = None
+        self.predict_set: InMemoryDataset | None = None
+        self.predict_files: list[str] | None = None  # file names of predict_dir images, in dataset order
+        self.predict_failures: list[tuple[str, str]] = []  # (file name, why it was skipped)
 
     def prepare_data(self) -> None:
         # Runs on one process per node: decompress / download once, atomically.
         locate_raw_files(self.hparams.data_dir, self.hparams.download)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.hparams.predict_dir is not None:
+            from lit_softmax.predict import load_image_folder
+
+            images, self.predict_files, self.predict_failures = load_image_folder(
+                self.hparams.predict_dir, self.hparams.invert
+            )
+            self.predict_set = InMemoryDataset(images, torch.full((len(images),), -1))  # no labels
+            return
         paths = locate_raw_files(self.hparams.data_dir, self.hparams.download)
         if stage in ("fit", "validate", None) and self.train_set is None:
             images = read_idx(paths["train_images"], FILES["train_images"])
@@ -284,9 +301,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
             images = read_idx(paths["test_images"], FILES["test_images"])
             labels = read_idx(paths["test_labels"], FILES["test_labels"]).long()
             self.test_set = InMemoryDataset(images, labels)
+            self.predict_set = self.test_set
         if self.hparams.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device  # known here: the strategy set up its device before setup()
-            for name in ("train_set", "val_set", "test_set"):
+            for name in ("train_set", "val_set", "test_set", "predict_set"):
                 dataset = getattr(self, name)
                 if dataset is not None and dataset.images.device != device:
                     setattr(self, name, dataset.to(device))
@@ -309,7 +327,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.hparams.eval_batch_size)
+        return self._loader(self.predict_set, self.hparams.eval_batch_size)
 
     def _loader(self, dataset: InMemoryDataset | None, batch_size: int, shuffle: bool = False) -> DataLoader:
         if dataset is None:

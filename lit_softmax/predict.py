@@ -1,0 +1,138 @@
+"""Predictions: turning user image files into Fashion-MNIST-like inputs, and writing predictions to CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from lit_softmax.data import CLASSES, atomic_write_bytes
+from lit_softmax.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+# Refuse images above this many pixels before decoding them: a small file can decode to gigabytes
+# (a "decompression bomb"). 40 MP is far above any photo of one garment.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def to_fashion_mnist(image: Image.Image, invert: Literal["auto", "yes", "no"] = "auto") -> np.ndarray:
+    """Any PIL image -> (28, 28) uint8, made the way Fashion-MNIST was: light object on a black background,
+    trimmed to the object, longest edge resized to 28, centred.
+
+    `invert="auto"` inverts when the image border is light (a dark garment photographed on a light background).
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent areas are background: put them on white, which "auto" then treats as a light background.
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if invert == "yes" or (invert == "auto" and np.median(border) > 127):
+        gray, border = 255 - gray, 255 - border
+    background = float(np.median(border))
+    gray = np.clip(gray - background, 0, 255)  # background to black, as in the dataset
+    rows, cols = np.nonzero(gray > 20)  # the object: clearly brighter than the background
+    if len(rows):
+        gray = gray[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    h, w = gray.shape
+    scale = 28 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = Image.fromarray(gray.astype(np.uint8)).resize(size, Image.LANCZOS)
+    canvas = Image.new("L", (28, 28), 0)
+    canvas.paste(resized, ((28 - size[0]) // 2, (28 - size[1]) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def load_image_folder(folder: str | Path, invert: Literal["auto", "yes", "no"] = "auto"):
+    """Read every file in `folder` (not recursive, sorted by name).
+
+    Returns (images uint8 (N, 28, 28), names of those images, [(name, reason)] for files that could not be used).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"predict_dir {folder} is not a directory. Pass a folder of PNG/JPEG/BMP images.")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"predict_dir {folder} is empty. Put PNG/JPEG/BMP images of garments in it.")
+    images, names, failures = [], [], []
+    for path in files:
+        try:
+            images.append(_read_one(path, invert))
+            names.append(path.name)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            failures.append((path.name, f"{type(e).__name__}: {e}"))
+            rank_zero_warn(f"skipping {path}: {e}")
+    if not images:
+        raise DataError(
+            f"none of the {len(files)} files in {folder} is a readable image (first: {failures[0][0]}: "
+            f"{failures[0][1]}). Supported: {', '.join(sorted(IMAGE_SUFFIXES))}."
+        )
+    return torch.from_numpy(np.stack(images)), names, failures
+
+
+def _read_one(path: Path, invert) -> np.ndarray:
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"not an image file type we read ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:  # reads the header only
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValueError(
+                    f"{image.width}x{image.height} pixels is over the {MAX_IMAGE_PIXELS:,} limit (decompression "
+                    "bomb guard); downscale it first"
+                )
+            image.load()  # decode now, so truncated files fail here
+            return to_fashion_mnist(image, invert)
+
+
+class CSVPredictionWriter(BasePredictionWriter):
+    """Writes `predictions.csv` into the run directory: one row per input, the predicted class, its probability
+    and all class probabilities; the true label for dataset inputs, the file name (or why it was skipped) for
+    image folders."""
+
+    def __init__(self, filename: str = "predictions.csv") -> None:
+        super().__init__(write_interval="batch")
+        self.filename = filename
+        self._rows: list[list] = []
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._rows = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: Tensor, batch_indices, batch, batch_idx, dl_idx):
+        labels = batch[1].tolist()
+        for index, label, probs in zip(batch_indices, labels, prediction.float().cpu().tolist()):
+            best = max(range(len(probs)), key=probs.__getitem__)
+            self._rows.append([index, label, CLASSES[best], f"{probs[best]:.6f}", *(f"{p:.6f}" for p in probs)])
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        files = getattr(datamodule, "predict_files", None)
+        header = ["predicted", "probability", *(f"p_{name}" for name in CLASSES)]
+        if files is None:  # the test split
+            header = ["index", "true_label", *header]
+            rows = [[index, CLASSES[label], *rest] for index, label, *rest in self._rows]
+        else:
+            header = ["file", *header, "error"]
+            rows = [[files[index], *rest, ""] for index, _, *rest in self._rows]
+            rows += [[name, *[""] * (len(header) - 2), reason] for name, reason in datamodule.predict_failures]
+        rows.sort(key=lambda row: row[0])
+        suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        out = Path(trainer.log_dir or ".") / (Path(self.filename).stem + suffix + Path(self.filename).suffix)
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(header)
+        writer.writerows(rows)
+        atomic_write_bytes(text.getvalue().encode(), out)  # a crash never leaves half a CSV
+        rank_zero_info(f"wrote {len(rows)} predictions to {out}")
+        for name, reason in getattr(datamodule, "predict_failures", []) or []:
+            rank_zero_warn(f"could not predict {name}: {reason}")
