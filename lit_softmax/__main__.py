@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_softmax.dashboard import TensorBoardDashboard
 from lit_softmax.data import FashionMNISTDataModule
 from lit_softmax.errors import CheckpointError, LitSoftmaxError
 from lit_softmax.model import SoftmaxRegression
 from lit_softmax.predict import CSVPredictionWriter
+from lit_softmax.resilience import EXIT_SIGTERM, DivergenceGuard, GracefulInterrupt, TrainingInterrupted
 
 
 class SoftmaxCLI(LightningCLI):
@@ -43,6 +45,8 @@ class SoftmaxCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(TensorBoardDashboard, "dashboard")
         parser.add_lightning_class_args(CSVPredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(GracefulInterrupt, "interrupt")
+        parser.add_lightning_class_args(DivergenceGuard, "divergence_guard")
         parser.add_argument(
             "--test_after_fit", type=bool, default=False,
             help="After fit, evaluate the best checkpoint (by val/acc) on the test split, in the same run.",
@@ -168,14 +172,18 @@ def main(args: list[str] | None = None) -> None:
                     "class_path": "lit_softmax.dashboard.TensorBoardLogger",
                     "init_args": {"save_dir": "logs", "name": "fashion_mnist"},
                 },
+                "plugins": [{"class_path": "lit_softmax.resilience.AtomicCheckpointIO"}],
             },
             args=args,
         )
+    except SIGTERMException:
+        sys.exit(EXIT_SIGTERM)  # GracefulInterrupt saved a checkpoint and said how to resume
     except LitSoftmaxError as e:
         if os.environ.get("LIT_SOFTMAX_TRACEBACK"):
             raise
-        print(f"lit_softmax: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        kind = "" if isinstance(e, TrainingInterrupted) else "error: "
+        print(f"lit_softmax: {kind}{e}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ they can be logged at every validation end without slowing training.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -208,6 +209,21 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
     fit and again at the start of test, so the tab can end up showing -1. Here the metric is declared without a
     value; the model logs the real one (best `val/acc`) at every validation end.
     """
+
+    def _get_next_version(self) -> int:
+        # Claim the directory with mkdir, which is atomic: two runs started at the same moment can no longer
+        # both pick version_N and write into each other's directory. Other ranks only need the number.
+        version = super()._get_next_version()
+        if rank_zero_only.rank != 0:
+            return version
+        root = Path(self.root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                return version
+            except FileExistsError:
+                version += 1
 
     @rank_zero_only
     def log_hyperparams(self, params, metrics=None, step=None) -> None:

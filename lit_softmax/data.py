@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from lit_softmax.errors import ConfigError, DataError
@@ -83,12 +83,17 @@ def _find(directory: Path, spec: IdxSpec) -> Path | None:
 
 
 def atomic_write_bytes(data: bytes, dest: Path) -> None:
-    """Write next to `dest` and rename: a crash or a concurrent process never sees half a file."""
+    """Write next to `dest`, fsync, and rename: a crash or a concurrent process never sees half a file."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -211,6 +216,39 @@ class InMemoryDataset(Dataset):
         return self.images.index_select(0, idx), self.labels.index_select(0, idx)
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position inside an epoch is saved in checkpoints (Lightning's `state_dict` /
+    `load_state_dict` protocol for loaders), so a run interrupted mid-epoch resumes at the next batch.
+
+    The position is the number of batches the fit loop has finished this epoch: counting the batches handed
+    out would be off by the one Lightning prefetches.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume: dict | None = None
+        self.progress = None  # set by the DataModule: () -> batches finished in the current epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": getattr(self.sampler, "epoch", 0), "batches_done": self.progress() if self.progress else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state  # applied when that epoch's iteration starts (the sampler's epoch is set by then)
+
+    def __iter__(self):
+        resume, self._resume = self._resume, None
+        iterator = super().__iter__()
+        return iterator if resume is None else self._resumed(iterator, resume)
+
+    def _resumed(self, iterator, resume: dict):
+        # Runs at the first next(), when Lightning has called sampler.set_epoch() for this epoch: the same
+        # (seed, epoch) gives the same order as before the interruption; drop the batches already trained on.
+        if getattr(self.sampler, "epoch", 0) == resume["epoch"]:
+            for _ in range(resume["batches_done"]):
+                next(iterator)
+        yield from iterator
+
+
 def keep_batch(batch):
     """collate_fn: `__getitems__` already returned stacked tensors."""
     return batch
@@ -318,7 +356,18 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return mean, std
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        # The shuffle order is a function of (seed, epoch) alone, never of the global RNG's state, so an
+        # interrupted run resumed from a checkpoint sees exactly the order the uninterrupted run would have.
+        # With several processes this is the sampler Lightning would inject (same seed, same shards).
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(os.getenv("PL_GLOBAL_SEED", 0))
+        )
+        loader = self._loader(self.train_set, self.hparams.batch_size, sampler=sampler, resumable=True)
+        if trainer is not None:
+            loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size)
@@ -329,22 +378,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset: InMemoryDataset | None, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, sampler=None, resumable: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() first: the DataModule has not loaded this split.")
-        sampler = None
         trainer = self.trainer
-        if not shuffle and trainer is not None and trainer.world_size > 1:
+        if sampler is None and trainer is not None and trainer.world_size > 1:
             # Lightning would inject a DistributedSampler, which pads ranks with repeated samples and so
             # scores some test images twice. This one splits the set without padding: exact metrics.
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
             )
         workers = self.hparams.num_workers
-        return DataLoader(
+        loader_class = ResumableDataLoader if resumable else DataLoader
+        return loader_class(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
             collate_fn=keep_batch,
             num_workers=workers,

@@ -161,7 +161,8 @@ class SoftmaxRegression(L.LightningModule):
         # `log_every_n_steps` anyway. So: accumulate on the device (no sync), and log the mean of the window on
         # exactly the steps the logger writes. Same curve in TensorBoard, smoother and ~2x cheaper per step.
         window = self._loss_window
-        window["sum"] = loss.detach() + window["sum"]
+        window["last"] = loss.detach()  # read by DivergenceGuard before the optimizer applies this step
+        window["sum"] = window["last"] + window["sum"]
         window["steps"] += 1
         trainer = self._trainer  # None when the step is called by hand (tests, notebooks)
         if trainer is not None and (self.global_step + 1) % trainer.log_every_n_steps == 0:

@@ -34,3 +34,30 @@ class RecordShards(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.record))
+
+
+class SlowSteps(L.Callback):
+    """Sleeps after every training step and writes the step count to a file: lets a test signal a real
+    `fit` process at a chosen step."""
+
+    def __init__(self, progress_file: str, delay: float = 0.005) -> None:
+        self.progress_file = Path(progress_file)
+        self.delay = delay
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        import time
+
+        self.progress_file.write_text(str(trainer.global_step))
+        time.sleep(self.delay)
+
+
+class BlowUpAt(L.Callback):
+    """Sets the learning rate absurdly high from a given epoch on: a run that diverges after good epochs."""
+
+    def __init__(self, epoch: int = 1, lr: float = 1e38) -> None:
+        self.epoch, self.lr = epoch, lr
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch >= self.epoch:
+            for group in trainer.optimizers[0].param_groups:
+                group["lr"] = self.lr
