@@ -1,0 +1,182 @@
+"""Not losing work: interrupt + exact resume, crash-safe checkpoints, concurrent runs, divergence."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, need_real_data, run_cli
+
+CONFIG = str(REPO / "configs/seed_recipe.yaml")
+# Two epochs of 108 steps each: long enough to interrupt mid-epoch, short enough to run three times.
+SHORT = ["--data.batch_size", "512", "--trainer.max_epochs", "2", "--test_after_fit", "false"]
+STEPS_PER_EPOCH = 108
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    need_real_data()
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    out = run_cli("fit", "--config", CONFIG, *SHORT, "--data.data_dir", str(cwd / "data"), cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return cwd / "logs" / "seed_recipe" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_interrupt_at_random_step_then_resume_is_bit_exact(uninterrupted, tmp_path: Path, signum, exit_code) -> None:
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    epoch = rng.choice([0, 1])
+    target = epoch * STEPS_PER_EPOCH + rng.randint(10, STEPS_PER_EPOCH - 30)  # somewhere inside an epoch
+    print(f"random seed {seed}: signalling at step >= {target}")
+    progress = tmp_path / "progress"
+    probe = tmp_path / "probe.yaml"
+    probe.write_text(
+        f"trainer:\n  callbacks:\n    - class_path: probes.SlowSteps\n      init_args:\n"
+        f"        progress_file: {progress}\n        delay: 0.02\n"
+    )
+    data = ["--data.data_dir", str(tmp_path / "data")]
+    command = [sys.executable, "-m", "lit_softmax", "fit", "--config", CONFIG, *SHORT, *data,
+               "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    proc = subprocess.Popen([*command, "--config", str(probe)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and progress.read_text().strip() and int(progress.read_text()) >= target:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "training ended before the signal: " + proc.communicate()[0][-2000:]
+    proc.send_signal(signum)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == exit_code, output[-3000:]
+    assert f"Interrupted by {signal.Signals(signum).name}" in output
+    assert "--ckpt_path last" in output  # says how to resume
+
+    saved = tmp_path / "logs" / "seed_recipe" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(saved, map_location="cpu", weights_only=True)
+    assert state["global_step"] >= target
+    assert state["global_step"] % STEPS_PER_EPOCH != 0, "meant to test a mid-epoch stop"
+
+    resumed = run_cli("fit", "--config", CONFIG, *SHORT, *data, "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr
+    final = tmp_path / "logs" / "seed_recipe" / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(final, weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
+    expected, got = weights(uninterrupted), weights(final)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), f"{name} differs after resume (seed {seed})"
+
+
+CRASH = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    from pathlib import Path
+    from lit_softmax.resilience import AtomicCheckpointIO
+    path, where = Path(sys.argv[1]), sys.argv[2]
+    real_write = os.write
+    if where == "write":  # die halfway through writing the bytes
+        import io
+        real_fdopen = os.fdopen
+        def fdopen(fd, mode="r", *a, **k):
+            f = real_fdopen(fd, mode, *a, **k)
+            w = f.write
+            def half(data):
+                w(data[: len(data) // 2]); f.flush(); os.kill(os.getpid(), signal.SIGKILL)
+            f.write = half
+            return f
+        os.fdopen = fdopen
+    else:  # die after writing, just before the rename
+        os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((1000,), 2.0)}}, path)
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["write", "rename"])
+def test_killed_while_writing_a_checkpoint_leaves_the_old_one_loadable(tmp_path: Path, where: str) -> None:
+    from lit_softmax.resilience import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, path)
+    crash = subprocess.run([sys.executable, "-c", CRASH, str(path), where], env=ENV, capture_output=True)
+    assert crash.returncode == -signal.SIGKILL
+    assert torch.equal(weights(path)["w"], torch.ones(1000))  # the previous checkpoint, intact
+    assert [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"] in (
+        [],
+        [p.name for p in tmp_path.glob(".*tmp")],
+    )
+    assert oct(path.stat().st_mode & 0o777) != "0o600" or os.umask(0o022) == 0o077  # normal permissions
+
+
+def test_concurrent_data_preparation_never_corrupts_the_cache(tmp_path: Path) -> None:
+    """Two processes decompressing the same .gz files into one data_dir at once: both verify their data."""
+    system = need_real_data()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for gz in system.glob("*.gz"):
+        (data_dir / gz.name).symlink_to(gz)
+    script = (
+        "import sys; from lit_softmax import FashionMNISTDataModule as D; "
+        "d = D(data_dir=sys.argv[1], download=False); d.prepare_data(); d.setup('fit'); d.setup('test'); print('ok')"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(data_dir)], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    cache = data_dir / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(gz.stem for gz in system.glob("*.gz"))  # no .tmp left
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_config_started_together_get_separate_directories(tmp_path: Path) -> None:
+    need_real_data()
+    args = ["fit", "--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", str(tmp_path / "data"),
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    command = [sys.executable, "-m", "lit_softmax", *args]
+    procs = [
+        subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    runs = sorted((tmp_path / "logs" / "debug").iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1"]
+    for run in runs:
+        assert (run / "config.yaml").is_file()
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert len(list(run.glob("events.out.tfevents.*"))) == 1  # each run wrote only its own events
+
+
+@pytest.mark.slow
+def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path: Path) -> None:
+    need_real_data()
+    probe = tmp_path / "blow_up.yaml"
+    probe.write_text("trainer:\n  callbacks:\n    - class_path: probes.BlowUpAt\n      init_args:\n        epoch: 1\n")
+    out = run_cli("fit", "--config", str(REPO / "configs/debug.yaml"), "--config", str(probe),
+                  "--data.data_dir", str(tmp_path / "data"), cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert "training diverged: the loss is nan at epoch 1, global step" in out.stderr
+    assert "Lower the learning rate" in out.stderr
+    assert "Traceback" not in out.stderr
+    checkpoints = list((tmp_path / "logs" / "debug" / "version_0" / "checkpoints").iterdir())
+    assert len(checkpoints) == 2  # epoch 0's best and last, from before the divergence
+    for ckpt in checkpoints:
+        state = torch.load(ckpt, weights_only=True)
+        assert state["epoch"] == 0
+        assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
