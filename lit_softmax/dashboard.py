@@ -7,6 +7,7 @@ they can be logged at every validation end without slowing training.
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -224,6 +225,16 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
                 return version
             except FileExistsError:
                 version += 1
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        # A run that failed before saving any checkpoint (bad data, bad checkpoint path, a crash in the first
+        # epoch) leaves nothing worth keeping; a directory with a config.yaml would only look like a real run.
+        # Runs with checkpoints (interrupted, diverged after good epochs) are kept.
+        run = Path(self.log_dir)
+        if status == "failed" and run.is_dir() and not any(run.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(run, ignore_errors=True)
 
     @rank_zero_only
     def log_hyperparams(self, params, metrics=None, step=None) -> None:

@@ -180,3 +180,59 @@ def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path: Pat
         state = torch.load(ckpt, weights_only=True)
         assert state["epoch"] == 0
         assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
+
+
+def _offline(self, *args, **kwargs):
+    raise __import__("urllib.error").error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def _truncate_gz(d: Path) -> str:
+    gz = d / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:300])
+    return r"train-images-idx3-ubyte.gz is not a readable gzip file.*Delete it"
+
+
+def _rewrite(d: Path, name: str, mangle) -> None:
+    import gzip
+
+    gz = d / f"{name}.gz"
+    gz.write_bytes(gzip.compress(mangle(gzip.decompress(gz.read_bytes()))))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing-offline", "truncated-gz", "wrong-magic", "label-out-of-range", "wrong-count"],
+)
+def test_bad_data_exits_nonzero_with_one_message_and_no_run_left(
+    case: str, synthetic_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import torchvision.datasets.mnist as tv_mnist
+
+    from lit_softmax.__main__ import main
+
+    monkeypatch.setattr(tv_mnist.MNIST, "download", _offline)
+    monkeypatch.setattr(sys, "argv", ["lit_softmax"])
+    data_dir = synthetic_dir
+    if case == "missing-offline":
+        data_dir, message = tmp_path / "empty", r"(?s)downloading Fashion-MNIST .* failed.*apt-get install"
+    elif case == "truncated-gz":
+        message = _truncate_gz(data_dir)
+    elif case == "wrong-magic":
+        _rewrite(data_dir, "train-labels-idx1-ubyte", lambda raw: b"\x00\x00\x99\x01" + raw[4:])
+        message = r"train-labels-idx1-ubyte is not a valid IDX file"
+    elif case == "label-out-of-range":
+        _rewrite(data_dir, "train-labels-idx1-ubyte", lambda raw: raw[:-1] + b"\x0b")
+        message = r"train-labels-idx1-ubyte has label 11, expected labels in 0\.\.9"
+    else:
+        _rewrite(data_dir, "train-images-idx3-ubyte", lambda raw: raw[: -784 * 5])
+        message = r"train-images-idx3-ubyte is not a valid IDX file"  # the header promises 5 more images
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", str(data_dir),
+              "--data.val_size", "20", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err), err
+    assert err.count("lit_softmax: error:") == 1
+    assert "Traceback" not in err
+    assert not list((tmp_path / "logs").glob("*/version_*")), "a failed run left a directory that looks like a run"
