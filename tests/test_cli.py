@@ -162,6 +162,7 @@ def _ckpt_error(capsys, tmp_path: Path, ckpt: Path) -> str:
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
+    assert not (tmp_path / "logs").exists(), "refused before anything was written"
     return err
 
 
