@@ -37,9 +37,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
+bench: setup
+	$(PY) benchmarks/bench.py
+
 lint: setup
-	$(VENV)/bin/ruff check lit_softmax tests
-	$(VENV)/bin/ruff format --check lit_softmax tests
+	$(VENV)/bin/ruff check lit_softmax tests benchmarks
+	$(VENV)/bin/ruff format --check lit_softmax tests benchmarks
 
 clean:
 	rm -rf logs/*/ data/FashionMNIST .pytest_cache

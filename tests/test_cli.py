@@ -196,3 +196,21 @@ def test_checkpoint_of_another_model_shape_is_a_clear_error(capsys, tmp_path: Pa
     torch.save({"state_dict": SoftmaxRegression(num_classes=5).state_dict()}, other)
     err = _ckpt_error(capsys, tmp_path, other)
     assert "does not fit this model: linear.weight is shape (5, 784), expected shape (10, 784)" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "refresh_rate"),
+    [
+        ([], 10),  # Lightning's default bar, redrawn every 10th batch instead of every batch
+        (["--trainer.enable_progress_bar", "false"], None),
+        (["--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks.refresh_rate", "1"], 1),  # the user's own
+    ],
+    ids=["default", "disabled", "configured"],
+)
+def test_progress_bar_redraw_rate(args: list[str], refresh_rate) -> None:
+    from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
+    from lit_softmax.__main__ import TRAINER_DEFAULTS, SoftmaxCLI
+
+    cli = SoftmaxCLI(SoftmaxRegression, FashionMNISTDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False, args=args)
+    bar = cli.trainer.progress_bar_callback
+    assert (bar.refresh_rate if bar is not None else None) == refresh_rate
