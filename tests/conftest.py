@@ -85,13 +85,27 @@ def need_real_data() -> Path:
     return found
 
 
+def real_data(where: Path) -> str:
+    """A fresh data_dir under `where` that finds the real dataset: through the system copy when there is one,
+    else through links to the copy `make data` unpacked into ./data (machines without root)."""
+    source = need_real_data()
+    data_dir = where / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if source != data.SYSTEM_DIR:
+        for idx_file in source.glob("*-ubyte*"):  # .gz or already decompressed
+            link = data_dir / idx_file.name
+            if not link.exists():
+                link.symlink_to(idx_file)
+    return str(data_dir)
+
+
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One single-process `fit --config configs/fashion_mnist.yaml` on the real data, shared by the slow tests."""
     need_real_data()
     cwd = tmp_path_factory.mktemp("default_run")
     fit = run_cli(
-        "fit", "--config", str(REPO / "configs/fashion_mnist.yaml"), "--data.data_dir", str(cwd / "data"), cwd=cwd
+        "fit", "--config", str(REPO / "configs/fashion_mnist.yaml"), "--data.data_dir", real_data(cwd), cwd=cwd
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     return cwd / "logs" / "fashion_mnist" / "version_0"

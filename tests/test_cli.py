@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, need_real_data, run_cli
+from conftest import REPO, need_real_data, real_data, run_cli
 
 from lit_softmax.__main__ import main
 
@@ -110,7 +110,7 @@ def test_unknown_key_in_config_file(capsys, tmp_path: Path, monkeypatch) -> None
 def test_fit_then_test_best_in_subprocesses(tmp_path: Path) -> None:
     """`python -m lit_softmax fit` as a user runs it, on the real data; then `test --ckpt_path best`."""
     need_real_data()
-    common = ["--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", str(tmp_path / "data")]
+    common = ["--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", real_data(tmp_path)]
     fit = run_cli("fit", *common, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     run = tmp_path / "logs" / "debug" / "version_0"

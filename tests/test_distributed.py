@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, need_real_data, run_cli, scalars
+from conftest import REPO, need_real_data, real_data, run_cli, scalars
 
 from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
 from lit_softmax.data import InMemoryDataset, keep_batch
@@ -51,7 +51,7 @@ def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     probe = probe_config(cwd, cwd / "shards")
     fit = run_cli(
         "fit", "--config", CONFIG, "--config", DDP_CPU, "--config", probe,
-        "--trainer.max_epochs", "3", "--data.data_dir", str(cwd / "data"), cwd=cwd,
+        "--trainer.max_epochs", "3", "--data.data_dir", real_data(cwd), cwd=cwd,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
     return cwd, fit
@@ -90,7 +90,7 @@ def test_ddp_test_metrics_equal_single_process(default_run: Path, tmp_path: Path
     best = next(p for p in (default_run / "checkpoints").iterdir() if p.name != "last.ckpt")
     test = run_cli(
         "test", "--config", CONFIG, "--config", DDP_CPU, "--ckpt_path", str(best),
-        "--data.data_dir", str(tmp_path / "data"), cwd=tmp_path,
+        "--data.data_dir", real_data(tmp_path), cwd=tmp_path,
     )  # fmt: skip
     assert test.returncode == 0, test.stderr[-3000:]
     two = scalars(tmp_path / "logs" / "fashion_mnist" / "version_0")
@@ -118,7 +118,7 @@ def test_two_nodes_with_torchrun_match_two_processes(ddp_run, tmp_path: Path) ->
             f"--node_rank={node_rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
             "-m", "lit_softmax", "fit", "--config", CONFIG, "--config", str(REPO / "configs/multinode.yaml"),
             "--config", probe, "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "2",
-            "--trainer.max_epochs", "3", "--data.data_dir", str(tmp_path / "data"),
+            "--trainer.max_epochs", "3", "--data.data_dir", real_data(tmp_path),
             "--trainer.enable_progress_bar", "false",
         ]  # fmt: skip
         procs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
@@ -172,7 +172,7 @@ def test_fp16_on_cpu_warns_and_uses_bf16(synthetic_dir: Path, tmp_path: Path) ->
 def test_bf16_accuracy_within_half_a_point_of_fp32(default_run: Path, tmp_path: Path) -> None:
     fit = run_cli(
         "fit", "--config", CONFIG, "--config", str(REPO / "configs/bf16.yaml"),
-        "--data.data_dir", str(tmp_path / "data"), cwd=tmp_path,
+        "--data.data_dir", real_data(tmp_path), cwd=tmp_path,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
     bf16 = scalars(tmp_path / "logs" / "fashion_mnist" / "version_0")

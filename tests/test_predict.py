@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli, scalars
+from conftest import REPO, real_data, run_cli, scalars
 from PIL import Image
 
 from lit_softmax import FashionMNISTDataModule, SoftmaxRegression, predict
@@ -108,7 +108,7 @@ def render_test_images(folder: Path, images: torch.Tensor, labels: torch.Tensor)
 @pytest.mark.slow
 def test_predict_test_split_and_image_folder(default_run: Path, tmp_path: Path) -> None:
     best = next(p for p in (default_run / "checkpoints").iterdir() if p.name != "last.ckpt")
-    data = ["--data.data_dir", str(tmp_path / "data")]
+    data = ["--data.data_dir", real_data(tmp_path)]
 
     # 1. Default input: the test split, with the true label.
     out = run_cli("predict", "--config", CONFIG, "--ckpt_path", str(best), *data, cwd=tmp_path)
@@ -124,7 +124,7 @@ def test_predict_test_split_and_image_folder(default_run: Path, tmp_path: Path) 
     assert accuracy == pytest.approx(test_acc, abs=1e-4)  # the CSV agrees with `test`
 
     # 2. A folder of user images, plus files that cannot be read.
-    dm = FashionMNISTDataModule(data_dir=str(tmp_path / "data"))
+    dm = FashionMNISTDataModule(data_dir=real_data(tmp_path))
     dm.setup("test")
     images, labels = dm.test_set.images[:300], dm.test_set.labels[:300]
     truth = render_test_images(tmp_path / "photos", images, labels)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, need_real_data, run_cli
+from conftest import REPO, need_real_data, real_data, run_cli
 
 CONFIG = str(REPO / "configs/seed_recipe.yaml")
 # Two epochs of 108 steps each: long enough to interrupt mid-epoch, short enough to run three times.
@@ -30,7 +30,7 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 def uninterrupted(tmp_path_factory) -> Path:
     need_real_data()
     cwd = tmp_path_factory.mktemp("uninterrupted")
-    out = run_cli("fit", "--config", CONFIG, *SHORT, "--data.data_dir", str(cwd / "data"), cwd=cwd)
+    out = run_cli("fit", "--config", CONFIG, *SHORT, "--data.data_dir", real_data(cwd), cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     return cwd / "logs" / "seed_recipe" / "version_0" / "checkpoints" / "last.ckpt"
 
@@ -51,7 +51,7 @@ def test_interrupt_at_random_step_then_resume_is_bit_exact(uninterrupted, tmp_pa
         f"trainer:\n  callbacks:\n    - class_path: probes.SlowSteps\n      init_args:\n"
         f"        progress_file: {progress}\n        delay: 0.02\n"
     )
-    data = ["--data.data_dir", str(tmp_path / "data")]
+    data = ["--data.data_dir", real_data(tmp_path)]
     command = [sys.executable, "-m", "lit_softmax", "fit", "--config", CONFIG, *SHORT, *data,
                "--trainer.enable_progress_bar", "false"]  # fmt: skip
     proc = subprocess.Popen([*command, "--config", str(probe)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
@@ -146,7 +146,7 @@ def test_concurrent_data_preparation_never_corrupts_the_cache(tmp_path: Path) ->
 @pytest.mark.slow
 def test_two_runs_of_one_config_started_together_get_separate_directories(tmp_path: Path) -> None:
     need_real_data()
-    args = ["fit", "--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", str(tmp_path / "data"),
+    args = ["fit", "--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", real_data(tmp_path),
             "--trainer.enable_progress_bar", "false"]  # fmt: skip
     command = [sys.executable, "-m", "lit_softmax", *args]
     procs = [
@@ -169,7 +169,7 @@ def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path: Pat
     probe = tmp_path / "blow_up.yaml"
     probe.write_text("trainer:\n  callbacks:\n    - class_path: probes.BlowUpAt\n      init_args:\n        epoch: 1\n")
     out = run_cli("fit", "--config", str(REPO / "configs/debug.yaml"), "--config", str(probe),
-                  "--data.data_dir", str(tmp_path / "data"), cwd=tmp_path)  # fmt: skip
+                  "--data.data_dir", real_data(tmp_path), cwd=tmp_path)  # fmt: skip
     assert out.returncode == 3, out.stderr[-3000:]
     assert "training diverged: the loss is nan at epoch 1, global step" in out.stderr
     assert "Lower the learning rate" in out.stderr
