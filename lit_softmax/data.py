@@ -347,11 +347,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 if dataset is not None and dataset.images.device != device:
                     setattr(self, name, dataset.to(device))
 
-    def normalization_stats(self) -> tuple[Tensor, Tensor]:
-        """Per-pixel mean and std (784,) of the training split, in [0, 1] units."""
+    def normalization_stats(self, per_pixel: bool = True) -> tuple[Tensor, Tensor]:
+        """Mean and std (784,) of the training split, in [0, 1] units: one per pixel, or one over all pixels
+        (repeated 784 times)."""
         if self.train_set is None:
             self.setup("fit")
         x = self.train_set.images.reshape(len(self.train_set), -1).float().div_(255)
+        if not per_pixel:
+            std, mean = torch.std_mean(x)
+            return mean.expand(x.shape[1]).clone(), std.expand(x.shape[1]).clone()
         std, mean = torch.std_mean(x, dim=0)
         return mean, std
 

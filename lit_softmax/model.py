@@ -47,7 +47,7 @@ class SoftmaxRegression(L.LightningModule):
             momentum: SGD momentum (ignored by AdamW).
             nesterov: Nesterov momentum for SGD.
             weight_decay: L2 penalty on the weights (never on the bias), i.e. the regulariser of
-                L2-regularised logistic regression.
+                L2-regularised logistic regression (with adamw: decoupled weight decay).
             label_smoothing: cross-entropy label smoothing for the training loss (val/test loss is plain CE).
             scheduler: "constant", or "cosine" decay to 0 over the whole run, stepped every batch.
             warmup_steps: linear warm-up steps before the schedule.
@@ -120,10 +120,9 @@ class SoftmaxRegression(L.LightningModule):
                 f"model.normalize={self.hparams.normalize!r} needs training-set statistics from "
                 "FashionMNISTDataModule; fit with `datamodule=FashionMNISTDataModule(...)` or set normalize='none'."
             )
-        mean, std = datamodule.normalization_stats()
-        if self.hparams.normalize == "global":
-            mean, std = mean.mean().expand_as(mean), std.pow(2).mean().sqrt().expand_as(std)
-        else:
+        per_pixel = self.hparams.normalize == "per_pixel"
+        mean, std = datamodule.normalization_stats(per_pixel=per_pixel)
+        if per_pixel:
             std = std + STD_FLOOR
         self.pixel_mean.copy_(mean)
         self.pixel_std.copy_(std)
@@ -159,7 +158,7 @@ class SoftmaxRegression(L.LightningModule):
         self.train_acc.update(logits.detach(), y)
         # `self.log` costs ~0.5 ms a call, more than this model's whole step, and the logger only writes every
         # `log_every_n_steps` anyway. So: accumulate on the device (no sync), and log the mean of the window on
-        # exactly the steps the logger writes. Same curve in TensorBoard, smoother and ~2x cheaper per step.
+        # exactly the steps the logger writes: the same curve in TensorBoard, smoother, ~0.5 ms a step cheaper.
         window = self._loss_window
         window["last"] = loss.detach()  # read by DivergenceGuard before the optimizer applies this step
         window["sum"] = window["last"] + window["sum"]
