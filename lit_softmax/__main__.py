@@ -5,6 +5,10 @@ python -m lit_softmax fit --config configs/seed_recipe.yaml              # the o
 python -m lit_softmax fit --config configs/debug.yaml                    # seconds-long smoke run
 python -m lit_softmax fit --config configs/fashion_mnist.yaml --model.lr 0.05 --trainer.max_epochs 3
 python -m lit_softmax test --config configs/fashion_mnist.yaml --ckpt_path best   # best of the latest run
+python -m lit_softmax fit --config configs/fashion_mnist.yaml --ckpt_path last   # resume after Ctrl-C / SIGTERM
+python -m lit_softmax predict --config configs/fashion_mnist.yaml --ckpt_path best   # CSV for the test split
+python -m lit_softmax predict --config configs/fashion_mnist.yaml --ckpt_path best --data.predict_dir photos/
+python -m lit_softmax fit --config configs/fashion_mnist.yaml --config configs/ddp_cpu.yaml  # 2 processes
 python -m lit_softmax fit --config configs/fashion_mnist.yaml --print_config      # the full resolved config
 tensorboard --logdir logs
 """
@@ -72,7 +76,8 @@ class SoftmaxCLI(LightningCLI):
                 f"checkpoint {ckpt_path} does not exist. Pass the path of a .ckpt file, or `best`/`last` "
                 "for the newest run of this config."
             )
-        load_checkpoint_safely(Path(config["ckpt_path"]))
+        # Checked once here; the model's shape is compared in before_<subcommand>, once it exists.
+        self._checkpoint = load_checkpoint_safely(Path(config["ckpt_path"]))
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -106,7 +111,7 @@ class SoftmaxCLI(LightningCLI):
     def _check_fits_model(self, subcommand: str) -> None:
         ckpt_path = self.config_init[subcommand].get("ckpt_path")
         if ckpt_path is not None:
-            check_fits_model(load_checkpoint_safely(Path(ckpt_path)), Path(ckpt_path), self.model)
+            check_fits_model(self._checkpoint, Path(ckpt_path), self.model)
 
 
 def runs_root(config) -> Path:

@@ -224,6 +224,8 @@ def test_download_result_is_used(tmp_path: Path, synthetic_dir: Path, monkeypatc
         ({"val_size": 60000}, r"data.val_size must be in 1\.\.59999 .* got 60000"),
         ({"val_size": 0}, r"data.val_size must be in 1\.\.59999"),
         ({"num_workers": -1}, r"data.num_workers must be >= 0"),
+        ({"on_device": True, "num_workers": 2}, r"data.on_device keeps the data on the GPU.*--data.num_workers 0"),
+        ({"on_device": True, "pin_memory": True}, r"data.on_device .* --data.pin_memory false"),
     ],
 )
 def test_bad_datamodule_arguments(kwargs: dict, message: str) -> None:
