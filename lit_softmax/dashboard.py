@@ -153,7 +153,7 @@ class TensorBoardDashboard(L.Callback):
         writer = self._writer(trainer)
         if writer is not None:
             # The weights on standardised pixels: red pixels are evidence for the class, blue against it.
-            add_png(writer, "val/weight_templates", weight_templates(pl_module.linear.weight), trainer.global_step)
+            add_png(writer, "val/weight_templates", weight_templates(pl_module.linear.weight), _log_step(trainer))
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._mistakes = []
@@ -175,7 +175,7 @@ class TensorBoardDashboard(L.Callback):
         writer = self._writer(trainer)
         if writer is not None and self._mistakes:
             images, true, pred = (torch.cat(parts) for parts in zip(*self._mistakes))
-            add_png(writer, "test/misclassified", misclassified_grid(images, true, pred), trainer.global_step)
+            add_png(writer, "test/misclassified", misclassified_grid(images, true, pred), _log_step(trainer))
 
     def _log_stage(self, trainer, pl_module, stage: str, confmat, ece_metric) -> None:
         counts = confmat.compute()  # collective under DDP: every rank calls it
@@ -185,7 +185,7 @@ class TensorBoardDashboard(L.Callback):
         writer = self._writer(trainer)
         if writer is None:
             return
-        step = trainer.global_step
+        step = _log_step(trainer)
         add_png(writer, f"{stage}/confusion_matrix", confusion_matrix(counts), step)
         add_png(writer, f"{stage}/reliability_diagram", reliability_diagram(confidences, accuracies), step)
         per_class = counts.diag() / counts.sum(dim=1).clamp(min=1)
@@ -250,3 +250,9 @@ class TensorBoardLogger(loggers.TensorBoardLogger):
         writer = self.experiment._get_file_writer()
         for summary in hparams(flat, {"hp_metric": 0.0}):  # only the metric's name is written, not the value
             writer.add_summary(summary, step)
+
+
+def _log_step(trainer: L.Trainer) -> int:
+    """The x-axis value Lightning gives `self.log` scalars, so images line up with them: it counts training
+    batches (groups, with `data.steps_per_execution` > 1), and equals `global_step` with one SGD step each."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped

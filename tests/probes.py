@@ -18,7 +18,8 @@ class RecordShards(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loader = trainer.train_dataloader
         # Lightning has called sampler.set_epoch(epoch) by now, so this is the order the epoch will use.
-        self.record["epochs"][trainer.current_epoch] = [int(i) for i in loader.sampler]
+        # The sampler hands out groups of mini-batches (tuples of index tensors): flatten to the sample order.
+        self.record["epochs"][trainer.current_epoch] = [int(i) for group in loader.sampler for b in group for i in b]
         self.record.update(
             world_size=trainer.world_size,
             global_rank=trainer.global_rank,
@@ -29,7 +30,8 @@ class RecordShards(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == 0:
-            self.record["batch"] = {"dtype": str(batch[0].dtype), "shape": list(batch[0].shape)}
+            x = batch[0][0]  # the first mini-batch's images
+            self.record["batch"] = {"dtype": str(x.dtype), "shape": list(x.shape), "minibatches": len(batch)}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,9 @@ def test_batches_are_index_cut_uint8(synthetic_dir: Path) -> None:
     dm = make_dm(synthetic_dir, batch_size=16, eval_batch_size=7)
     dm.setup("fit")
     dm.setup("test")
-    batches = list(dm.train_dataloader())
+    groups = list(dm.train_dataloader())
+    assert all(len(g) == 1 for g in groups)  # steps_per_execution=1: one mini-batch per training_step
+    batches = [g[0] for g in groups]
     assert [len(b[1]) for b in batches] == [16] * 11 + [4]  # 180 = 11*16 + 4: no drop_last
     x, y = batches[0]
     assert x.dtype == torch.uint8
@@ -231,3 +233,40 @@ def test_download_result_is_used(tmp_path: Path, synthetic_dir: Path, monkeypatc
 def test_bad_datamodule_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         FashionMNISTDataModule(**kwargs)
+
+
+def flat_order(loader) -> list[list[int]]:
+    """Labels of each mini-batch, in the order the loader hands them out (groups flattened)."""
+    return [b[1].tolist() for group in loader for b in group]
+
+
+def test_groups_of_minibatches_keep_the_order(synthetic_dir: Path) -> None:
+    one = make_dm(synthetic_dir, batch_size=16)
+    five = make_dm(synthetic_dir, batch_size=16, steps_per_execution=5)
+    one.setup("fit")
+    five.setup("fit")
+    groups = list(five.train_dataloader())
+    assert [len(g) for g in groups] == [5, 5, 2]  # 12 mini-batches
+    assert len(five.train_dataloader()) == 3  # what Lightning counts as batches per epoch
+    assert flat_order(five.train_dataloader()) == flat_order(one.train_dataloader())
+
+
+def test_resume_position_is_in_minibatches_and_needs_the_same_grouping(synthetic_dir: Path) -> None:
+    dm = make_dm(synthetic_dir, batch_size=16, steps_per_execution=5)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    full = flat_order(loader)
+    loader.progress = lambda: 1  # the fit loop finished one group of this epoch
+    state = loader.state_dict()
+    assert state["batches_done"] == 5
+    resumed = make_dm(synthetic_dir, batch_size=16, steps_per_execution=5)
+    resumed.setup("fit")
+    resumed_loader = resumed.train_dataloader()
+    resumed_loader.load_state_dict(state)
+    assert flat_order(resumed_loader) == full[5:]  # the rest of the epoch, nothing twice
+    assert flat_order(resumed_loader) == full  # and the next epoch is whole again
+    other = make_dm(synthetic_dir, batch_size=16, steps_per_execution=4)
+    other.setup("fit")
+    with pytest.raises(ConfigError, match=r"data.steps_per_execution=5, but this run has 4: resume with "
+                                          r"`--data.steps_per_execution 5`"):  # fmt: skip
+        other.train_dataloader().load_state_dict(state)

@@ -66,8 +66,8 @@ def test_ddp_two_processes_train_with_one_set_of_outputs(ddp_run) -> None:
     assert_exact_shards(records, epochs=3)
     # The fast path survives Lightning's sampler injection: same dataset, batch collation, uint8 batches.
     for r in records:
-        assert (r["sampler"], r["dataset"], r["collate_fn"]) == ("DistributedSampler", "InMemoryDataset", "keep_batch")
-        assert r["batch"] == {"dtype": "torch.uint8", "shape": [2048, 28, 28]}
+        assert (r["sampler"], r["dataset"], r["collate_fn"]) == ("MiniBatchSampler", "InMemoryDataset", "keep_batch")
+        assert r["batch"] == {"dtype": "torch.uint8", "shape": [2048, 28, 28], "minibatches": 1}
     assert "effective batch size 4096 = 2048 per process x 2 processes" in fit.stdout + fit.stderr
 
     # Only rank 0 wrote: one run directory, one config, one best + last checkpoint.
@@ -135,10 +135,31 @@ def test_two_nodes_with_torchrun_match_two_processes(ddp_run, tmp_path: Path) ->
     assert scalars(tmp_path / "logs" / "fashion_mnist" / "version_0")["test/acc"][-1] > 0.80
 
 
+@pytest.mark.slow
+def test_ddp_groups_of_steps_reduce_gradients_every_step(tmp_path: Path) -> None:
+    """Several SGD steps per training_step (one forward through DDP, several backward passes): each backward
+    must all-reduce, so the weights equal those of one step per call. 10 steps: groups of 4, 4 and a cut 2."""
+    weights = {}
+    for per_call in (1, 4):
+        cwd = tmp_path / str(per_call)
+        cwd.mkdir()
+        fit = run_cli(
+            "fit", "--config", CONFIG, "--config", DDP_CPU, "--data.data_dir", real_data(cwd),
+            "--data.batch_size", "256", "--data.steps_per_execution", str(per_call), "--trainer.max_steps", "10",
+            "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0", "--test_after_fit", "false",
+            cwd=cwd,
+        )  # fmt: skip
+        assert fit.returncode == 0, fit.stderr[-3000:]
+        state = torch.load(next(cwd.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+        assert state["global_step"] == 10
+        weights[per_call] = state["state_dict"]["linear.weight"]
+    torch.testing.assert_close(weights[4], weights[1], rtol=1e-5, atol=1e-6)
+
+
 # ---- mixed precision ------------------------------------------------------------------------------
 class RecordDtype(SoftmaxRegression):
     def training_step(self, batch, batch_idx):
-        self.seen_dtype = self(batch[0]).dtype  # inside the step: under the precision plugin's autocast
+        self.seen_dtype = self(batch[0][0]).dtype  # inside the step: under the precision plugin's autocast
         return super().training_step(batch, batch_idx)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -66,7 +67,7 @@ def test_wrong_input_shape_is_a_clear_error() -> None:
 def test_training_loss_and_gradients_match_float64_reference(label_smoothing: float) -> None:
     model = model_with_stats(label_smoothing=label_smoothing)
     x, y = batch()
-    loss = model.training_step((x, y), 0)
+    loss, _ = model.training_loss(x, y)
     loss.backward()
 
     w = model.linear.weight.detach().double().requires_grad_()
@@ -102,6 +103,7 @@ def test_weight_decay_only_on_weights_and_cosine_reaches_zero() -> None:
 
     class FakeTrainer:
         estimated_stepping_batches = 100
+        train_dataloader = None  # any loader: one SGD step per training_step call
 
     model.trainer = FakeTrainer()  # configure_optimizers only reads the step count
     config = model.configure_optimizers()
@@ -185,3 +187,52 @@ def trainer_free_accuracy(model: SoftmaxRegression, dm: FashionMNISTDataModule) 
     dm.setup("test")
     x = dm.test_set.images.float() / 255
     return (model(x).argmax(1) == dm.test_set.labels).float().mean().item()
+
+
+def fit_grouped(tmp_path: Path, synthetic_dir: Path, steps_per_execution: int, max_steps: int = -1, **model_kwargs):
+    torch.manual_seed(0)
+    model = SoftmaxRegression(normalize="none", **model_kwargs)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, batch_size=16, download=False,
+                                steps_per_execution=steps_per_execution)  # fmt: skip
+    trainer = L.Trainer(max_epochs=2, max_steps=max_steps, default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return trainer, model, start, dm
+
+
+def test_sgd_matches_a_plain_pytorch_loop_whatever_the_group_size(tmp_path: Path, synthetic_dir: Path) -> None:
+    """180 training images, batch 16: 12 SGD steps an epoch, handed to training_step 5 at a time (5, 5, 2)."""
+    _, model, start, dm = fit_grouped(tmp_path, synthetic_dir, 5, lr=0.3, momentum=0.9)
+    # The independent reference: torch's own DistributedSampler order, batches of 16, torch.optim.SGD.
+    reference = torch.nn.Linear(784, 10)
+    reference.load_state_dict({"weight": start["linear.weight"], "bias": start["linear.bias"]})
+    opt = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9)
+    seed = int(os.getenv("PL_GLOBAL_SEED", 0))
+    order = torch.utils.data.DistributedSampler(dm.train_set, num_replicas=1, rank=0, seed=seed)
+    for epoch in range(2):
+        order.set_epoch(epoch)
+        for idx in torch.tensor(list(order)).split(16):
+            x = dm.train_set.images[idx].reshape(len(idx), -1).float() / 255
+            loss = torch.nn.functional.cross_entropy(reference(x), dm.train_set.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    torch.testing.assert_close(model.linear.weight, reference.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.linear.bias, reference.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_group_size_changes_nothing_but_speed(tmp_path: Path, synthetic_dir: Path) -> None:
+    # Cosine with warm-up: the schedule's length must be counted in SGD steps, not training_step calls.
+    kwargs = {"lr": 0.3, "scheduler": "cosine", "warmup_steps": 3}
+    one = fit_grouped(tmp_path / "1", synthetic_dir, 1, **kwargs)
+    four = fit_grouped(tmp_path / "4", synthetic_dir, 4, **kwargs)
+    assert one[0].global_step == four[0].global_step == 24
+    assert torch.equal(one[1].linear.weight, four[1].linear.weight)
+    assert torch.equal(one[1].linear.bias, four[1].linear.bias)
+    assert four[1].optimizers().param_groups[0]["lr"] == pytest.approx(0.0)  # the cosine ended exactly at the end
+
+
+def test_max_steps_counts_sgd_steps_even_mid_group(tmp_path: Path, synthetic_dir: Path) -> None:
+    trainer, *_ = fit_grouped(tmp_path, synthetic_dir, 4, max_steps=7)
+    assert trainer.global_step == 7
