@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_softmax.dashboard import TensorBoardDashboard
 from lit_softmax.data import FashionMNISTDataModule
-from lit_softmax.errors import CheckpointError, LitSoftmaxError
+from lit_softmax.errors import CheckpointError, ConfigError, LitSoftmaxError
 from lit_softmax.model import SoftmaxRegression
 from lit_softmax.predict import CSVPredictionWriter
 from lit_softmax.resilience import EXIT_SIGTERM, DivergenceGuard, GracefulInterrupt, TrainingInterrupted
@@ -90,10 +90,29 @@ class SoftmaxCLI(LightningCLI):
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and bar.refresh_rate == 1 and not configured_bar:
             trainer.callbacks[trainer.callbacks.index(bar)] = TQDMProgressBar(refresh_rate=10)
+        if self.subcommand != "predict":
+            # It only acts in `predict`; elsewhere it would just be called, like every callback, ~3 times per SGD
+            # step for nothing.
+            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, CSVPredictionWriter)]
         return trainer
 
     def before_fit(self) -> None:
         self._check_fits_model("fit")
+        # The model takes its SGD steps itself (manual optimization, one per mini-batch), where Lightning's
+        # automatic clipping and accumulation do not apply; say what to do instead of Lightning's generic error.
+        trainer = self.trainer
+        if trainer.gradient_clip_val:
+            raise ConfigError(
+                f"trainer.gradient_clip_val={trainer.gradient_clip_val} is not supported: SoftmaxRegression takes its "
+                "SGD steps itself (several per training_step). Its loss is convex and smooth, so clipping is not "
+                "needed; if the loss diverges, lower the learning rate (e.g. `--model.lr 0.05`)."
+            )
+        if trainer.accumulate_grad_batches != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} is not supported: "
+                "SoftmaxRegression takes its SGD steps itself. Accumulating k batches is one step on k times the "
+                "data: set `--data.batch_size` k times larger instead (the whole dataset fits in memory)."
+            )
 
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:

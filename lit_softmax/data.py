@@ -195,7 +195,8 @@ def read_idx(path: Path, spec: IdxSpec, num_classes: int = len(CLASSES)) -> Tens
 
 
 class InMemoryDataset(Dataset):
-    """(images uint8 (N, 28, 28), labels int64 (N,)). `__getitems__` serves a whole batch in one index op."""
+    """(images uint8 (N, 28, 28), labels int64 (N,)). `__getitems__` serves a whole batch in one index op (uint8,
+    for evaluation); `__getitem__` with a tuple of index tensors a group of training mini-batches (float)."""
 
     def __init__(self, images: Tensor, labels: Tensor) -> None:
         self.images, self.labels = images, labels
@@ -208,10 +209,12 @@ class InMemoryDataset(Dataset):
 
     def __getitem__(self, i):
         if isinstance(i, tuple):  # a group of mini-batches from MiniBatchSampler: one gather, then views
-            images = self.images.index_select(0, torch.cat(i))
-            labels = self.labels.index_select(0, torch.cat(i))
+            flat = torch.cat(i)
+            # Scaled to [0, 1] floats exactly as ToTensor does (x / 255), once for the whole group: per mini-batch
+            # the model then runs the bare linear layer, with no conversion op in its forward or backward.
+            images = self.images.index_select(0, flat).to(torch.float32).div_(255)
             sizes = [len(b) for b in i]
-            return list(zip(images.split(sizes), labels.split(sizes)))
+            return list(zip(images.split(sizes), self.labels.index_select(0, flat).split(sizes)))
         return self.images[i], self.labels[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:

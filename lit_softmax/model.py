@@ -108,8 +108,9 @@ class SoftmaxRegression(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         """(B, 1, 28, 28) or (B, 784) images -> (B, num_classes) logits.
 
-        Float images are in [0, 1] (what ToTensor gives); uint8 images in [0, 255] are accepted too, which is
-        what the DataModule feeds: 4x fewer bytes per batch, and the scaling costs nothing (see below).
+        Float images are in [0, 1] (what ToTensor gives, and what the DataModule's training batches hold); uint8
+        images in [0, 255] are accepted too, which is what its evaluation batches hold: 4x fewer bytes per batch,
+        scaled inside the layer (see below).
         """
         x = x.reshape(x.shape[0], -1)
         if x.shape[1] != NUM_PIXELS:
@@ -152,14 +153,14 @@ class SoftmaxRegression(L.LightningModule):
         per_process = data_hparams.get("batch_size")
         if per_process is None:
             return
-        effective = per_process * trainer.world_size * trainer.accumulate_grad_batches
+        effective = per_process * trainer.world_size  # gradients are all-reduced every step; no accumulation
         info = {"effective_batch_size": effective, "world_size": trainer.world_size}
         for logger in trainer.loggers:
             # All of them again: TensorBoard's HPARAMS tab shows the last set a run logged.
             logger.log_hyperparams({**self.hparams, **data_hparams, **info})
         rank_zero_info(
-            f"effective batch size {effective} = {per_process} per process x {trainer.world_size} processes x "
-            f"{trainer.accumulate_grad_batches} accumulation; peak lr {self.hparams.lr}"
+            f"effective batch size {effective} = {per_process} per process x {trainer.world_size} processes; "
+            f"peak lr {self.hparams.lr}"
         )
 
     def on_train_start(self) -> None:
@@ -179,27 +180,34 @@ class SoftmaxRegression(L.LightningModule):
         `steps_per_execution` of them), or a single (x, y) from any other loader."""
         batches = [batch] if isinstance(batch[0], Tensor) else batch
         trainer = self.trainer
+        if trainer.max_steps >= 0:  # max_steps counts SGD steps, so a run may end in the middle of a group
+            batches = batches[: max(0, trainer.max_steps - self.global_step)]
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         window = self._loss_window
+        losses, predictions = [], []
         for x, y in batches:
-            if 0 <= trainer.max_steps <= self.global_step:  # max_steps counts SGD steps: may end mid-group
-                break
             loss, logits = self.training_loss(x, y)
             window["last"] = loss.detach()  # read by DivergenceGuard before the optimizer applies this step
-            window["sum"] = window["last"] + window["sum"]
-            window["steps"] += 1
-            window["correct"] = (logits.detach().argmax(1) == y).sum() + window["correct"]
-            window["seen"] += len(y)
+            losses.append(window["last"])
+            predictions.append(logits.detach())
             optimizer.zero_grad()
             self.manual_backward(loss)  # precision scaling and DDP's gradient all-reduce, as in automatic mode
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+        if not losses:
+            return
+        # Bookkeeping once per group, not per step: a handful of tensor ops either way, on the device (no sync).
+        labels = torch.cat([y for _, y in batches[: len(losses)]])
+        window["correct"] = (torch.cat(predictions).argmax(1) == labels).sum() + window["correct"]
+        window["seen"] += len(labels)
+        window["sum"] = torch.stack(losses).sum() + window["sum"]
+        window["steps"] += len(losses)
         # `self.log` costs ~0.5 ms a call, more than an SGD step at batch 64, and the logger only writes every
-        # `log_every_n_steps` batches anyway. So: accumulate on the device (no sync), and log the mean of the
-        # window on exactly the batches the logger writes: the same curve in TensorBoard, smoother, cheaper.
-        if trainer._logger_connector.should_update_logs and window["steps"]:
-            self.log("train/loss", window["sum"] / window["steps"], prog_bar=True, batch_size=window["steps"])
+        # `log_every_n_steps` batches anyway. So: accumulate on the device, and log the mean of the window on
+        # exactly the batches the logger writes: the same curve in TensorBoard, smoother, cheaper.
+        if trainer._logger_connector.should_update_logs:
+            self.log("train/loss", window["sum"] / window["steps"], prog_bar=True)
             window["sum"], window["steps"] = 0.0, 0
 
     def on_train_epoch_start(self) -> None:

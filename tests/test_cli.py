@@ -83,8 +83,21 @@ def test_defaults_are_the_classes_signatures(capsys) -> None:
         (["--model.no_such_key", "1"], r"no_such_key"),
         (["--model.lr", "fast"], r"model.lr"),
         (["--model.optimizer", "rmsprop"], r"rmsprop"),
+        (["--data.steps_per_execution", "0"], r"data.steps_per_execution must be >= 1, got 0"),
+        (["--trainer.gradient_clip_val", "1.0"], r"trainer.gradient_clip_val=1.0 is not supported: .*--model.lr"),
+        (["--trainer.accumulate_grad_batches", "4"], r"accumulate_grad_batches=4 is not supported: .*batch_size"),
     ],
-    ids=["batch-size-0", "val-size-too-big", "negative-lr", "unknown-key", "wrong-type", "bad-choice"],
+    ids=[
+        "batch-size-0",
+        "val-size-too-big",
+        "negative-lr",
+        "unknown-key",
+        "wrong-type",
+        "bad-choice",
+        "group-0",
+        "clipping",
+        "accumulation",
+    ],
 )
 def test_bad_values_fail_before_training(capsys, tmp_path: Path, monkeypatch, args: list[str], message: str) -> None:
     monkeypatch.chdir(tmp_path)
@@ -202,10 +215,12 @@ def test_checkpoint_of_another_model_shape_is_a_clear_error(capsys, tmp_path: Pa
     ("args", "refresh_rate"),
     [
         ([], 10),  # Lightning's default bar, redrawn every 10th batch instead of every batch
+        # Another callback in the config does not make Lightning's default bar the user's own.
+        (["--trainer.callbacks+=EarlyStopping", "--trainer.callbacks.monitor", "val/acc"], 10),
         (["--trainer.enable_progress_bar", "false"], None),
         (["--trainer.callbacks+=TQDMProgressBar", "--trainer.callbacks.refresh_rate", "1"], 1),  # the user's own
     ],
-    ids=["default", "disabled", "configured"],
+    ids=["default", "other-callback", "disabled", "configured"],
 )
 def test_progress_bar_redraw_rate(args: list[str], refresh_rate) -> None:
     from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
@@ -214,3 +229,24 @@ def test_progress_bar_redraw_rate(args: list[str], refresh_rate) -> None:
     cli = SoftmaxCLI(SoftmaxRegression, FashionMNISTDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False, args=args)
     bar = cli.trainer.progress_bar_callback
     assert (bar.refresh_rate if bar is not None else None) == refresh_rate
+
+
+def test_fit_runs_without_per_step_dead_weight() -> None:
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
+    from lit_softmax.__main__ import TRAINER_DEFAULTS, SoftmaxCLI
+    from lit_softmax.predict import CSVPredictionWriter
+    from lit_softmax.profiler import NoOpProfiler
+
+    def trainer(*args: str):
+        return SoftmaxCLI(SoftmaxRegression, FashionMNISTDataModule, trainer_defaults=TRAINER_DEFAULTS, run=False,
+                          args=list(args)).trainer  # fmt: skip
+
+    default = trainer()
+    # Lightning calls every callback on every hook: the predict-only writer is left out outside `predict`.
+    assert not any(isinstance(c, CSVPredictionWriter) for c in default.callbacks)
+    assert type(default.profiler) is NoOpProfiler
+    with default.profiler.profile("training_step") as nothing:
+        assert nothing is None
+    assert isinstance(trainer("--trainer.profiler", "simple").profiler, SimpleProfiler)  # real profiling: one flag

@@ -62,7 +62,7 @@ def test_split_is_fixed_by_split_seed(synthetic_dir: Path) -> None:
     assert not torch.equal(val_images(0), val_images(1))
 
 
-def test_batches_are_index_cut_uint8(synthetic_dir: Path) -> None:
+def test_batches_are_index_cut_and_scaled_like_totensor(synthetic_dir: Path) -> None:
     dm = make_dm(synthetic_dir, batch_size=16, eval_batch_size=7)
     dm.setup("fit")
     dm.setup("test")
@@ -71,12 +71,16 @@ def test_batches_are_index_cut_uint8(synthetic_dir: Path) -> None:
     batches = [g[0] for g in groups]
     assert [len(b[1]) for b in batches] == [16] * 11 + [4]  # 180 = 11*16 + 4: no drop_last
     x, y = batches[0]
-    assert x.dtype == torch.uint8
+    assert x.dtype == torch.float32  # training batches: [0, 1] floats, as ToTensor gives
     assert x.shape == (16, 28, 28)
     assert y.dtype == torch.int64
-    # Each batch row is a training row with its own label (the loader shuffles, so match by content).
+    # Each batch row is a training row / 255 with its own label (the loader shuffles, so match by content).
+    pixels = (x * 255).round().to(torch.uint8)
+    assert torch.equal(pixels.float() / 255, x)  # exactly ToTensor's x / 255
     rows = {bytes(img.numpy()): int(lbl) for img, lbl in zip(dm.train_set.images, dm.train_set.labels)}
-    assert all(rows[bytes(img.numpy())] == int(lbl) for img, lbl in zip(x, y))
+    assert all(rows[bytes(img.numpy())] == int(lbl) for img, lbl in zip(pixels, y))
+    x_eval, _ = next(iter(dm.test_dataloader()))
+    assert x_eval.dtype == torch.uint8  # evaluation batches stay uint8: the model scales them in forward
     all_labels = torch.cat([b[1] for b in batches])
     assert torch.equal(all_labels.sort().values, dm.train_set.labels.sort().values)  # each sample once per epoch
     # Every test sample exactly once, in order.

@@ -64,10 +64,10 @@ def test_ddp_two_processes_train_with_one_set_of_outputs(ddp_run) -> None:
     assert [r["world_size"] for r in records] == [2, 2]
     assert [r["global_rank"] for r in records] == [0, 1]
     assert_exact_shards(records, epochs=3)
-    # The fast path survives Lightning's sampler injection: same dataset, batch collation, uint8 batches.
+    # The fast path survives DDP: same dataset, batch collation, float batches cut from the uint8 tensors.
     for r in records:
         assert (r["sampler"], r["dataset"], r["collate_fn"]) == ("MiniBatchSampler", "InMemoryDataset", "keep_batch")
-        assert r["batch"] == {"dtype": "torch.uint8", "shape": [2048, 28, 28], "minibatches": 1}
+        assert r["batch"] == {"dtype": "torch.float32", "shape": [2048, 28, 28], "minibatches": 1}
     assert "effective batch size 4096 = 2048 per process x 2 processes" in fit.stdout + fit.stderr
 
     # Only rank 0 wrote: one run directory, one config, one best + last checkpoint.
