@@ -1,9 +1,10 @@
 """Fashion-MNIST as in-memory tensors: find the IDX files, verify them, cut batches by index.
 
 The original script decoded every sample through PIL + ``ToTensor`` on every epoch; here the four IDX
-files are parsed once (torchvision's own reader) into uint8 tensors and each batch is one fancy-index.
-The DataLoader is still a plain ``DataLoader`` over a map-style dataset, so Lightning can inject its
-``DistributedSampler`` for multi-device training exactly as it would for any other dataset.
+files are parsed once (torchvision's own reader) into uint8 tensors and each batch is one ``index_select``.
+The loaders are plain ``DataLoader``s over a map-style dataset; the training one's sampler is a
+``DistributedSampler`` (the one Lightning would inject, seeded the same way) that hands out groups of
+mini-batches, so one ``training_step`` can take several SGD steps (``steps_per_execution``).
 """
 
 from __future__ import annotations

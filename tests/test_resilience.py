@@ -73,6 +73,14 @@ def test_interrupt_at_random_step_then_resume_is_bit_exact(uninterrupted, tmp_pa
     assert state["global_step"] >= target
     assert state["global_step"] % STEPS_PER_EPOCH != 0, "meant to test a mid-epoch stop"
 
+    if signum == signal.SIGINT:  # resuming mid-epoch with another grouping cannot line up: a clear error, no run
+        regrouped = run_cli("fit", "--config", CONFIG, *SHORT, *data, "--ckpt_path", "last",
+                            "--data.steps_per_execution", "4", cwd=tmp_path)  # fmt: skip
+        assert regrouped.returncode == 2, regrouped.stderr[-3000:]
+        assert "resume with `--data.steps_per_execution 16`" in regrouped.stderr
+        assert "Traceback" not in regrouped.stderr
+        assert sorted(d.name for d in (tmp_path / "logs" / "seed_recipe").iterdir()) == ["version_0"]
+
     resumed = run_cli("fit", "--config", CONFIG, *SHORT, *data, "--ckpt_path", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
