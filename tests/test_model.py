@@ -203,7 +203,7 @@ def fit_grouped(tmp_path: Path, synthetic_dir: Path, steps_per_execution: int, m
 
 def test_sgd_matches_a_plain_pytorch_loop_whatever_the_group_size(tmp_path: Path, synthetic_dir: Path) -> None:
     """180 training images, batch 16: 12 SGD steps an epoch, handed to training_step 5 at a time (5, 5, 2)."""
-    _, model, start, dm = fit_grouped(tmp_path, synthetic_dir, 5, lr=0.3, momentum=0.9)
+    trainer, model, start, dm = fit_grouped(tmp_path, synthetic_dir, 5, lr=0.3, momentum=0.9)
     # The independent reference: torch's own DistributedSampler order, batches of 16, torch.optim.SGD.
     reference = torch.nn.Linear(784, 10)
     reference.load_state_dict({"weight": start["linear.weight"], "bias": start["linear.bias"]})
@@ -212,14 +212,18 @@ def test_sgd_matches_a_plain_pytorch_loop_whatever_the_group_size(tmp_path: Path
     order = torch.utils.data.DistributedSampler(dm.train_set, num_replicas=1, rank=0, seed=seed)
     for epoch in range(2):
         order.set_epoch(epoch)
+        correct = 0  # training accuracy of the epoch: predictions made just before each update
         for idx in torch.tensor(list(order)).split(16):
             x = dm.train_set.images[idx].reshape(len(idx), -1).float() / 255
-            loss = torch.nn.functional.cross_entropy(reference(x), dm.train_set.labels[idx])
+            logits = reference(x)
+            correct += (logits.argmax(1) == dm.train_set.labels[idx]).sum().item()
+            loss = torch.nn.functional.cross_entropy(logits, dm.train_set.labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
     torch.testing.assert_close(model.linear.weight, reference.weight, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.linear.bias, reference.bias, rtol=1e-5, atol=1e-6)
+    assert trainer.callback_metrics["train/acc"].item() == pytest.approx(correct / len(dm.train_set))
 
 
 def test_group_size_changes_nothing_but_speed(tmp_path: Path, synthetic_dir: Path) -> None:
