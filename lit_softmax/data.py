@@ -278,14 +278,17 @@ class ResumableDataLoader(DataLoader):
         return {
             "epoch": sampler.epoch,
             "batches_done": min(groups * sampler.steps_per_execution, sampler.num_batches),
+            "batches_in_epoch": sampler.num_batches,
             "batch_size": sampler.batch_size,
             "steps_per_execution": sampler.steps_per_execution,
         }
 
     def load_state_dict(self, state: dict) -> None:
         sampler = self.sampler
-        # Lightning restores its own count of finished groups, so the grouping must match to stay in step.
-        for key in ("batch_size", "steps_per_execution"):
+        # Mid-epoch, Lightning restores its own count of finished groups, so the grouping must match to stay in
+        # step. At an epoch boundary there is no position to keep, and any grouping may go on from there.
+        mid_epoch = 0 < state["batches_done"] < state.get("batches_in_epoch", sampler.num_batches)
+        for key in ("batch_size", "steps_per_execution") if mid_epoch else ():
             if state.get(key, 1 if key == "steps_per_execution" else sampler.batch_size) != getattr(sampler, key):
                 raise ConfigError(
                     f"the checkpoint stopped mid-epoch with data.{key}={state[key]}, but this run has "

@@ -274,3 +274,11 @@ def test_resume_position_is_in_minibatches_and_needs_the_same_grouping(synthetic
     with pytest.raises(ConfigError, match=r"data.steps_per_execution=5, but this run has 4: resume with "
                                           r"`--data.steps_per_execution 5`"):  # fmt: skip
         other.train_dataloader().load_state_dict(state)
+    # At the end of an epoch there is no position to keep: another grouping may go on from there.
+    loader.progress = lambda: 3  # all three groups of the epoch
+    end_of_epoch = loader.state_dict()
+    assert end_of_epoch["batches_done"] == 12
+    regrouped = other.train_dataloader()
+    regrouped.load_state_dict(end_of_epoch)  # no error
+    regrouped.sampler.set_epoch(1)  # what Lightning does next
+    assert [len(g) for g in regrouped] == [4, 4, 4]
