@@ -2,7 +2,7 @@
 
 python -m lit_softmax fit --config configs/fashion_mnist.yaml            # the tuned default
 python -m lit_softmax fit --config configs/seed_recipe.yaml              # the original script's recipe
-python -m lit_softmax fit --config configs/debug.yaml                    # seconds-long smoke run
+python -m lit_softmax fit --config configs/fashion_mnist.yaml --config configs/debug.yaml   # seconds-long smoke run
 python -m lit_softmax fit --config configs/fashion_mnist.yaml --model.lr 0.05 --trainer.max_epochs 3
 python -m lit_softmax test --config configs/fashion_mnist.yaml --ckpt_path best   # best of the latest run
 python -m lit_softmax fit --config configs/fashion_mnist.yaml --ckpt_path last   # resume after Ctrl-C / SIGTERM
@@ -10,30 +10,72 @@ python -m lit_softmax predict --config configs/fashion_mnist.yaml --ckpt_path be
 python -m lit_softmax predict --config configs/fashion_mnist.yaml --ckpt_path best --data.predict_dir photos/
 python -m lit_softmax fit --config configs/fashion_mnist.yaml --config configs/ddp_cpu.yaml  # 2 processes
 python -m lit_softmax fit --config configs/fashion_mnist.yaml --print_config      # the full resolved config
+python -m lit_softmax fit --model.help SoftmaxRegression                          # the model's arguments
 tensorboard --logdir logs
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
-import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_softmax.callbacks import (
+    EXIT_SIGTERM,
+    CSVPredictionWriter,
+    DivergenceGuard,
+    GracefulInterrupt,
+    TrainingInterrupted,
+)
+from lit_softmax.checkpoints import check_fits_model, claim_version_dir, find_run_checkpoint, load_checkpoint_safely
 from lit_softmax.dashboard import TensorBoardDashboard
 from lit_softmax.data import FashionMNISTDataModule
-from lit_softmax.errors import CheckpointError, ConfigError, LitSoftmaxError
+from lit_softmax.errors import CheckpointError, LitSoftmaxError
 from lit_softmax.model import SoftmaxRegression
-from lit_softmax.predict import CSVPredictionWriter
-from lit_softmax.resilience import EXIT_SIGTERM, DivergenceGuard, GracefulInterrupt, TrainingInterrupted
+
+# The run directory the launching process claimed, handed to the processes Lightning's DDP launcher starts.
+RUN_VERSION_ENV = "LIT_SOFTMAX_RUN_VERSION"
 
 
 class SoftmaxCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        self.claimed_run: Path | None = None  # logs/<name>/version_N, when this process created it
+        self._pinned = None
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            # A run that failed before saving any checkpoint leaves nothing worth keeping; a directory with a
+            # config.yaml would only look like a real run. Runs with checkpoints (interrupted, diverged) are kept.
+            if self.claimed_run is not None and not any(self.claimed_run.glob("checkpoints/*.ckpt")):
+                shutil.rmtree(self.claimed_run, ignore_errors=True)
+            raise
+        finally:
+            if self.claimed_run is not None:
+                os.environ.pop(RUN_VERSION_ENV, None)
+                # Claimed but never written to (fast_dev_run logs nothing, a bad value stopped the run): remove it
+                # and the parents this run created, so a failed command leaves no trace.
+                for directory in (self.claimed_run, *self.claimed_run.parents):
+                    if directory == self._existed or (directory.is_dir() and any(directory.iterdir())):
+                        break
+                    if directory.is_dir():
+                        directory.rmdir()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The model and data classes are chosen by config (`model.class_path`), defaulting to the textbook pair;
+        # configs/seed_recipe.yaml selects the opt-in grouped-steps pair from lit_softmax/grouped.py.
+        parser.set_defaults(
+            {
+                "model": {"class_path": "lit_softmax.SoftmaxRegression"},
+                "data": {"class_path": "lit_softmax.FashionMNISTDataModule"},
+            }
+        )
         # Always-on callbacks get their own config section (`checkpoint.*`, `lr_monitor.*`), so a config
         # that lists extra `trainer.callbacks` cannot silently drop them.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -79,44 +121,48 @@ class SoftmaxCLI(LightningCLI):
         # Checked once here; the model's shape is compared in before_<subcommand>, once it exists.
         self._checkpoint = load_checkpoint_safely(Path(config["ckpt_path"]))
 
-    def instantiate_trainer(self, **kwargs):
-        # Looked at before the Trainer exists: Lightning appends its default bar to this very list.
-        configured = kwargs.get("callbacks") or self._get(self.config_init, "trainer", default={}).get("callbacks")
-        configured_bar = any(isinstance(c, ProgressBar) for c in configured or [])
-        trainer = super().instantiate_trainer(**kwargs)
-        # Lightning's default progress bar redraws after every batch: ~1-3 ms a redraw here, more than a whole
-        # training_step. Redrawing every 10th batch looks the same and costs a tenth. A progress bar the config
-        # sets itself (trainer.callbacks) is left alone.
-        bar = trainer.progress_bar_callback
-        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1 and not configured_bar:
-            trainer.callbacks[trainer.callbacks.index(bar)] = TQDMProgressBar(refresh_rate=10)
-        if self.subcommand != "predict":
-            # It only acts in `predict`; elsewhere it would just be called, like every callback, ~3 times per SGD
-            # step for nothing.
-            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, CSVPredictionWriter)]
-        return trainer
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+        self._pin_run_directory(config)
+        if config["trainer"].get("enable_progress_bar") is False and config["trainer"].get("callbacks"):
+            # A config may bring its own progress bar (configs/fashion_mnist.yaml redraws every 10th batch);
+            # `--trainer.enable_progress_bar false` then means "no bar" rather than Lightning's conflict error.
+            config["trainer"]["callbacks"] = [
+                c for c in config["trainer"]["callbacks"] if not _is_progress_bar(getattr(c, "class_path", ""))
+            ]
 
-    def before_fit(self) -> None:
-        self._check_fits_model("fit")
-        # The model takes its SGD steps itself (manual optimization, one per mini-batch), where Lightning's
-        # automatic clipping and accumulation do not apply; say what to do instead of Lightning's generic error.
-        trainer = self.trainer
-        if trainer.gradient_clip_val:
-            raise ConfigError(
-                f"trainer.gradient_clip_val={trainer.gradient_clip_val} is not supported: SoftmaxRegression takes its "
-                "SGD steps itself (several per training_step). Its loss is convex and smooth, so clipping is not "
-                "needed; if the loss diverges, lower the learning rate (e.g. `--model.lr 0.05`)."
-            )
-        if trainer.accumulate_grad_batches != 1:
-            raise ConfigError(
-                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} is not supported: "
-                "SoftmaxRegression takes its SGD steps itself. Accumulating k batches is one step on k times the "
-                "data: set `--data.batch_size` k times larger instead (the whole dataset fits in memory)."
-            )
+    def _pin_run_directory(self, config) -> None:
+        """Give the logger a `version_N` directory claimed atomically, so that two runs started together never
+        share one, and every DDP process Lightning launches writes into the same one."""
+        logger = config["trainer"].get("logger")
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None or "version" not in init_args or init_args.version is not None:
+            return  # no logger, a logger without version directories, or a version the user chose
+        version = os.environ.get(RUN_VERSION_ENV)
+        if version is None:
+            if rank_zero_only.rank != 0:
+                return  # torchrun/SLURM ranks > 0 write no logs; Lightning broadcasts rank 0's directory
+            root = Path(init_args.save_dir) / (init_args.get("name") or "")
+            self._existed = next(p for p in (root, *root.parents) if p.exists())  # cleanup stops there
+            version = str(claim_version_dir(root))
+            self.claimed_run = root / f"version_{version}"
+            os.environ[RUN_VERSION_ENV] = version  # inherited by the processes Lightning's DDP launcher starts
+        init_args.version = int(version)
+        self._pinned = init_args
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # The logger has its directory now; config.yaml must not pin it, or `fit --config <run>/config.yaml`
+        # would try to write into the old run.
+        if getattr(self, "_pinned", None) is not None:
+            self._pinned.version = None
 
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+
+    def before_fit(self) -> None:
+        self._check_fits_model("fit")
 
     def before_validate(self) -> None:
         self._check_fits_model("validate")
@@ -133,6 +179,12 @@ class SoftmaxCLI(LightningCLI):
             check_fits_model(self._checkpoint, Path(ckpt_path), self.model)
 
 
+def _is_progress_bar(class_path: str) -> bool:
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None) if module else None
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+
 def runs_root(config) -> Path:
     """logs/<name> of the configured TensorBoard (or CSV) logger: where earlier runs of this config live."""
     logger = config["trainer"].get("logger")
@@ -142,70 +194,14 @@ def runs_root(config) -> Path:
     return Path(init_args.save_dir) / (getattr(init_args, "name", None) or "")
 
 
-def find_run_checkpoint(root: Path, which: str) -> Path:
-    """The `last.ckpt` or best checkpoint of the newest run under `root` (e.g. logs/fashion_mnist)."""
-    runs = [d for d in root.glob("*") if (d / "checkpoints" / "last.ckpt").is_file()] if root.is_dir() else []
-    if not runs:
-        raise CheckpointError(
-            f"no run with checkpoints under {root}: train first (`python -m lit_softmax fit --config ...`) "
-            "or pass `--ckpt_path path/to/file.ckpt`."
-        )
-    run = max(runs, key=lambda d: (d / "checkpoints" / "last.ckpt").stat().st_mtime)
-    last = run / "checkpoints" / "last.ckpt"
-    if which == "last":
-        return last
-    try:
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        best = next(s["best_model_path"] for k, s in state["callbacks"].items() if k.startswith("ModelCheckpoint"))
-    except Exception as e:
-        raise CheckpointError(f"cannot read the best checkpoint's name from {last} ({e}); pass its path.") from e
-    best = run / "checkpoints" / Path(best).name  # the run directory may have moved since
-    if not best.is_file():
-        raise CheckpointError(f"{last} names best checkpoint {best}, which does not exist; pass a path instead.")
-    return best
-
-
-def load_checkpoint_safely(path: Path) -> dict:
-    """Load with `weights_only=True` (tensors and plain containers only: a crafted pickle cannot run code),
-    and turn every failure into a message that says what is wrong with the file."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        if "Weights only load failed" in str(e):
-            raise CheckpointError(
-                f"refusing to load {path}: it contains Python objects other than tensors and plain data, which "
-                "could run arbitrary code when unpickled (loaded with weights_only=True). Only use checkpoints "
-                "written by this project, from a source you trust."
-            ) from e
-        raise CheckpointError(
-            f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:120]}); it is truncated or not "
-            "a .ckpt file. Use another checkpoint of the run (e.g. last.ckpt) or retrain."
-        ) from e
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt from `fit`.")
-    return checkpoint
-
-
-def check_fits_model(checkpoint: dict, path: Path, model: torch.nn.Module) -> None:
-    state = checkpoint["state_dict"]
-    for name, expected in model.state_dict().items():
-        found = state.get(name)
-        if found is None or found.shape != expected.shape:
-            got = "missing" if found is None else f"shape {tuple(found.shape)}"
-            raise CheckpointError(
-                f"{path} does not fit this model: {name} is {got}, expected shape {tuple(expected.shape)}. "
-                "Run with the config the checkpoint was trained with (its run directory holds config.yaml)."
-            )
-
-
 # Defaults for every run; configs and the command line override them.
 TRAINER_DEFAULTS = {
     "logger": {
-        "class_path": "lit_softmax.dashboard.TensorBoardLogger",
-        "init_args": {"save_dir": "logs", "name": "fashion_mnist"},
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        # default_hp_metric=False: no placeholder hp_metric=-1; the dashboard logs the real one (best val/acc).
+        "init_args": {"save_dir": "logs", "name": "fashion_mnist", "default_hp_metric": False},
     },
-    "plugins": [{"class_path": "lit_softmax.resilience.AtomicCheckpointIO"}],
-    "profiler": {"class_path": "lit_softmax.profiler.NoOpProfiler"},
+    "plugins": [{"class_path": "lit_softmax.checkpoints.AtomicCheckpointIO"}],
 }
 
 
@@ -214,18 +210,29 @@ def main(args: list[str] | None = None) -> None:
         SoftmaxCLI(
             SoftmaxRegression,
             FashionMNISTDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
             seed_everything_default=42,
             trainer_defaults=TRAINER_DEFAULTS,
             args=args,
         )
     except SIGTERMException:
         sys.exit(EXIT_SIGTERM)  # GracefulInterrupt saved a checkpoint and said how to resume
-    except LitSoftmaxError as e:
-        if os.environ.get("LIT_SOFTMAX_TRACEBACK"):
+    except Exception as e:
+        error = user_error(e)
+        if error is None or os.environ.get("LIT_SOFTMAX_TRACEBACK"):
             raise
-        kind = "" if isinstance(e, TrainingInterrupted) else "error: "
-        print(f"lit_softmax: {kind}{e}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 2))
+        kind = "" if isinstance(error, TrainingInterrupted) else "error: "
+        print(f"lit_softmax: {kind}{error}", file=sys.stderr)
+        sys.exit(getattr(error, "exit_code", 2))
+
+
+def user_error(exception: BaseException | None) -> LitSoftmaxError | None:
+    """The LitSoftmaxError behind `exception`, if any: jsonargparse re-raises an error from a model or data
+    `__init__` as a ValueError listing every class it tried, with the original as its cause."""
+    while exception is not None and not isinstance(exception, LitSoftmaxError):
+        exception = exception.__cause__
+    return exception
 
 
 if __name__ == "__main__":

@@ -1,31 +1,59 @@
-"""TensorBoard images of what the model learned: weight templates, confusion matrices, calibration, mistakes.
+"""The TensorBoard dashboard: what the model learned (weight templates), where it errs (confusion matrices,
+misclassified images), how well its confidence is calibrated (reliability diagrams, ECE), and the HParams tab.
 
-Drawn with PIL (already a torchvision dependency) rather than matplotlib: a few milliseconds per image, so
-they can be logged at every validation end without slowing training.
+`TensorBoardDashboard` is a callback with its own metrics, so the model stays a plain classifier: it reads the
+logits that `validation_step`/`test_step` return. Pictures are drawn with PIL (already a torchvision
+dependency) and written with TensorBoard's public `SummaryWriter.add_image`. Other loggers get the scalars.
 """
 
 from __future__ import annotations
 
-import io
-import shutil
-from pathlib import Path
-
 import lightning as L
+import numpy as np
 import torch
-from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-from lightning.pytorch import loggers
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
-from torch.utils.tensorboard.summary import hparams
-from torchmetrics.functional.classification.calibration_error import _binning_bucketize
-from torchmetrics.utilities.data import dim_zero_cat
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from lit_softmax.data import CLASSES
+from lit_softmax.fashion_mnist import CLASSES
 
 FONT = ImageFont.load_default(size=11)
 WHITE, BLACK, GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)
+
+
+class CalibrationBins(Metric):
+    """Per confidence bin: how many predictions, how many correct, and the sum of their confidences.
+
+    Sums only, so it is exact across processes (torchmetrics sums the states) and costs O(bins) memory. Bins as
+    torchmetrics' `MulticlassCalibrationError`: `n_bins` equal-width bins of the top-1 softmax probability, plus
+    one slot for a confidence of exactly 1.0.
+    """
+
+    full_state_update = False
+
+    def __init__(self, n_bins: int = 15) -> None:
+        super().__init__()
+        self.register_buffer("boundaries", torch.linspace(0, 1, n_bins + 1), persistent=False)
+        for name in ("count", "correct", "confidence"):
+            self.add_state(name, torch.zeros(n_bins + 1), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        confidence, predicted = logits.float().softmax(dim=1).max(dim=1)
+        index = torch.bucketize(confidence, self.boundaries, right=True) - 1
+        self.count.scatter_add_(0, index, torch.ones_like(confidence))
+        self.correct.scatter_add_(0, index, (predicted == target).float())
+        self.confidence.scatter_add_(0, index, confidence)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"count": self.count, "correct": self.correct, "confidence": self.confidence}
+
+
+def expected_calibration_error(bins: dict[str, Tensor]) -> Tensor:
+    """ECE (l1): sum over bins of |accuracy - mean confidence| weighted by the bin's share of samples."""
+    count = bins["count"]
+    return (bins["correct"] - bins["confidence"]).abs().sum() / count.sum().clamp(min=1)
 
 
 def _diverging(v: Tensor) -> Tensor:
@@ -39,18 +67,6 @@ def _sequential(v: Tensor) -> Tensor:
     """v in [0, 1] -> white to dark blue."""
     rgb = torch.stack([1 - 0.85 * v, 1 - 0.65 * v, 1 - 0.25 * v], dim=-1).clamp(0, 1)
     return (rgb * 255).round().to(torch.uint8)
-
-
-def add_png(writer, tag: str, image: Image.Image, step: int) -> None:
-    """Write a PIL image to TensorBoard as a PNG summary.
-
-    SummaryWriter.add_image would round-trip the picture through float tensors and a slow default PNG encoder
-    (~16 ms for a 420x430 image); encoding once with PIL at a low compression level takes ~2 ms.
-    """
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    png = Summary.Image(height=image.height, width=image.width, colorspace=3, encoded_image_string=buffer.getvalue())
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=png)]), step)
 
 
 def weight_templates(weight: Tensor, names=CLASSES, scale: int = 4) -> Image.Image:
@@ -91,17 +107,21 @@ def confusion_matrix(counts: Tensor, names=CLASSES, cell: int = 34) -> Image.Ima
     return canvas
 
 
-def reliability_diagram(confidences: Tensor, accuracies: Tensor, n_bins: int = 15, size: int = 240) -> Image.Image:
+def reliability_diagram(bins: dict[str, Tensor], size: int = 240) -> Image.Image:
     """Accuracy vs confidence per bin (bars) against the diagonal of perfect calibration."""
-    boundaries = torch.linspace(0, 1, n_bins + 1)
-    acc_bin, conf_bin, prop_bin = _binning_bucketize(confidences.float().cpu(), accuracies.float().cpu(), boundaries)
-    ece = (acc_bin - conf_bin).abs().mul(prop_bin).sum().item()
+    count, correct, confidence = (bins[k].float().cpu() for k in ("count", "correct", "confidence"))
+    n_bins = len(count) - 1  # the extra last slot holds confidence == 1.0, drawn with the top bin
+    count[-2] += count[-1]
+    correct[-2] += correct[-1]
+    confidence[-2] += confidence[-1]
+    count, correct, confidence = count[:-1], correct[:-1], confidence[:-1]
+    acc_bin, conf_bin = correct / count.clamp(min=1), confidence / count.clamp(min=1)
     pad = 30
     canvas = Image.new("RGB", (size + 2 * pad, size + 2 * pad), WHITE)
     draw = ImageDraw.Draw(canvas)
     width = size / n_bins
     for b in range(n_bins):
-        if prop_bin[b] == 0:
+        if count[b] == 0:
             continue
         x0 = pad + b * width
         draw.rectangle([x0, pad + size * (1 - acc_bin[b].item()), x0 + width - 1, pad + size], fill=(70, 110, 200))
@@ -109,6 +129,7 @@ def reliability_diagram(confidences: Tensor, accuracies: Tensor, n_bins: int = 1
         draw.line([x0, gap_top, x0 + width - 1, gap_top], fill=(220, 60, 60), width=2)
     draw.line([pad, pad + size, pad + size, pad], fill=GREY)  # perfect calibration
     draw.rectangle([pad, pad, pad + size, pad + size], outline=BLACK)
+    ece = expected_calibration_error(bins).item()
     draw.text((pad, 6), f"ECE {ece:.4f}  (bars: accuracy, red: mean confidence)", fill=BLACK, font=FONT)
     draw.text((pad, pad + size + 6), "confidence 0 .. 1", fill=GREY, font=FONT)
     return canvas
@@ -130,129 +151,117 @@ def misclassified_grid(images: Tensor, true: Tensor, pred: Tensor, names=CLASSES
 
 
 class TensorBoardDashboard(L.Callback):
-    """Logs the images above to TensorBoard: at every validation end and after testing.
+    """Logs the pictures above and per-class accuracy at every N-th validation end and after testing, `val/ece`
+    and `test/ece` to every logger, and `hp_metric` (the best `val/acc`) to TensorBoard's HParams tab.
 
-    Metrics are computed on every process (they are synced across processes); only rank 0 draws and writes.
+    Metrics are updated on every process and synced; only rank 0 draws and writes pictures.
     """
 
-    def __init__(self, every_n_val_epochs: int = 1, misclassified: int = 32) -> None:
+    def __init__(self, every_n_val_epochs: int = 10, misclassified: int = 32, n_bins: int = 15) -> None:
         """
         Args:
-            every_n_val_epochs: draw the validation images every N validation epochs (0: never).
+            every_n_val_epochs: draw the validation pictures and per-class accuracy at epochs 0, N, 2N, ... and at
+                the last epoch (0: never). Drawing costs ~10 ms a picture; every epoch would add ~5% to a default
+                `fit`.
             misclassified: how many misclassified test images to show (0 turns the grid off).
+            n_bins: confidence bins of the reliability diagram and ECE.
         """
         self.every_n_val_epochs = every_n_val_epochs
         self.misclassified = misclassified
+        self.n_bins = n_bins
+        self._metrics: dict[str, tuple[MulticlassConfusionMatrix, CalibrationBins]] = {}
         self._mistakes: list[tuple[Tensor, Tensor, Tensor]] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        n = self.every_n_val_epochs
-        if trainer.sanity_checking or n <= 0 or trainer.current_epoch % n != 0:
-            return
-        self._log_stage(trainer, pl_module, "val", pl_module.val_confmat, pl_module.val_ece)
-        writer = self._writer(trainer)
-        if writer is not None:
-            # The weights on standardised pixels: red pixels are evidence for the class, blue against it.
-            add_png(writer, "val/weight_templates", weight_templates(pl_module.linear.weight), _log_step(trainer))
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        num_classes = pl_module.hparams.get("num_classes", len(CLASSES))
+        device = trainer.strategy.root_device  # where the model and the batches will be
+        self._metrics = {
+            split: (MulticlassConfusionMatrix(num_classes).to(device), CalibrationBins(self.n_bins).to(device))
+            for split in ("val", "test")
+        }
+
+    # ---- collecting ------------------------------------------------------------------------------
+    def _update(self, split: str, outputs, batch) -> None:
+        logits, target = outputs["logits"], batch[1]
+        for metric in self._metrics[split]:
+            metric.update(logits, target)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for metric in self._metrics["val"]:
+            metric.reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0):
+        self._update("val", outputs, batch)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for metric in self._metrics["test"]:
+            metric.reset()
         self._mistakes = []
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update("test", outputs, batch)
         have = sum(len(m[0]) for m in self._mistakes)
-        if have >= self.misclassified:
+        if have < self.misclassified:
+            x, y = batch
+            pred = outputs["logits"].argmax(dim=1)
+            wrong = (pred != y).nonzero().flatten()[: self.misclassified - have]
+            self._mistakes.append((x[wrong].float().cpu(), y[wrong].cpu(), pred[wrong].cpu()))
+
+    # ---- logging ---------------------------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
             return
-        x, y = batch
-        with torch.no_grad():
-            pred = pl_module(x).argmax(dim=1)
-        wrong = (pred != y).nonzero().flatten()[: self.misclassified - have]
-        images = x[wrong].float()
-        images = images / 255 if x.dtype == torch.uint8 else images
-        self._mistakes.append((images.cpu(), y[wrong].cpu(), pred[wrong].cpu()))
+        n = self.every_n_val_epochs
+        draw = n > 0 and (trainer.current_epoch % n == 0 or trainer.current_epoch == trainer.max_epochs - 1)
+        writer = self._log_split(trainer, pl_module, "val", draw)
+        if writer is not None and draw:
+            # The weights on standardised pixels: red pixels are evidence for the class, blue against it.
+            add_picture(writer, "val/weight_templates", weight_templates(pl_module.linear.weight), trainer.global_step)
+        self._log_hp_metric(trainer, pl_module)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_stage(trainer, pl_module, "test", pl_module.test_confmat, pl_module.test_ece)
-        writer = self._writer(trainer)
+        writer = self._log_split(trainer, pl_module, "test", draw=True)
         if writer is not None and self._mistakes:
             images, true, pred = (torch.cat(parts) for parts in zip(*self._mistakes))
-            add_png(writer, "test/misclassified", misclassified_grid(images, true, pred), _log_step(trainer))
+            add_picture(writer, "test/misclassified", misclassified_grid(images, true, pred), trainer.global_step)
 
-    def _log_stage(self, trainer, pl_module, stage: str, confmat, ece_metric) -> None:
-        counts = confmat.compute()  # collective under DDP: every rank calls it
-        with ece_metric.sync_context(should_sync=trainer.world_size > 1):
-            confidences = dim_zero_cat(ece_metric.confidences)
-            accuracies = dim_zero_cat(ece_metric.accuracies)
-        writer = self._writer(trainer)
-        if writer is None:
-            return
-        step = _log_step(trainer)
-        add_png(writer, f"{stage}/confusion_matrix", confusion_matrix(counts), step)
-        add_png(writer, f"{stage}/reliability_diagram", reliability_diagram(confidences, accuracies), step)
+    def _log_split(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str, draw: bool):
+        confmat, calibration = self._metrics[split]
+        counts, bins = confmat.compute(), calibration.compute()  # collectives under DDP: every rank calls them
+        # Identical on every rank already (synced states); "max" keeps it bit-exact where a mean could round.
+        pl_module.log(f"{split}/ece", expected_calibration_error(bins), sync_dist=True, reduce_fx="max")
+        writer = tensorboard_writer(trainer)
+        if writer is None or not draw:
+            return writer
+        step = trainer.global_step
+        add_picture(writer, f"{split}/confusion_matrix", confusion_matrix(counts), step)
+        add_picture(writer, f"{split}/reliability_diagram", reliability_diagram(bins), step)
         per_class = counts.diag() / counts.sum(dim=1).clamp(min=1)
         for name, acc in zip(CLASSES, per_class.tolist()):
-            writer.add_scalar(f"{stage}/acc_per_class/{name.replace('/', '_')}", acc, step)
+            writer.add_scalar(f"{split}/acc_per_class/{name.replace('/', '_')}", acc, step)
+        return writer
 
     @staticmethod
-    def _writer(trainer: L.Trainer):
-        """TensorBoard's SummaryWriter on rank 0, else None (other loggers and ranks get no images)."""
-        if not trainer.is_global_zero:
-            return None
-        for logger in trainer.loggers:
-            if isinstance(logger, loggers.TensorBoardLogger):
-                return logger.experiment
-        return None
-
-
-class TensorBoardLogger(loggers.TensorBoardLogger):
-    """Lightning's TensorBoardLogger without the placeholder `hp_metric = -1`.
-
-    Lightning declares `hp_metric` for TensorBoard's HPARAMS tab by logging -1 as its value, at the start of
-    fit and again at the start of test, so the tab can end up showing -1. Here the metric is declared without a
-    value; the model logs the real one (best `val/acc`) at every validation end.
-    """
-
-    def _get_next_version(self) -> int:
-        # Claim the directory with mkdir, which is atomic: two runs started at the same moment can no longer
-        # both pick version_N and write into each other's directory. Other ranks only need the number.
-        version = super()._get_next_version()
-        if rank_zero_only.rank != 0:
-            return version
-        root = Path(self.root_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                (root / f"version_{version}").mkdir()
-                return version
-            except FileExistsError:
-                version += 1
-
-    @rank_zero_only
-    def finalize(self, status: str) -> None:
-        super().finalize(status)
-        # A run that failed before saving any checkpoint (bad data, bad checkpoint path, a crash in the first
-        # epoch) leaves nothing worth keeping; a directory with a config.yaml would only look like a real run.
-        # Runs with checkpoints (interrupted, diverged after good epochs) are kept.
-        run = Path(self.log_dir)
-        if status == "failed" and run.is_dir() and not any(run.glob("checkpoints/*.ckpt")):
-            shutil.rmtree(run, ignore_errors=True)
-
-    @rank_zero_only
-    def log_hyperparams(self, params, metrics=None, step=None) -> None:
-        if metrics is not None or not self._default_hp_metric:
-            super().log_hyperparams(params, metrics, step)
+    def _log_hp_metric(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """TensorBoard's HParams tab: the run's hyper-parameters against its best val/acc so far."""
+        best = trainer.callback_metrics.get("val/acc_best")
+        if best is None or not trainer.is_global_zero:
             return
-        self._default_hp_metric = False
-        try:
-            super().log_hyperparams(params, None, step)  # records the params (hparams.yaml), writes no summary
-        finally:
-            self._default_hp_metric = True
-        flat = self._sanitize_params(_flatten_dict(_convert_params(params)))
-        writer = self.experiment._get_file_writer()
-        for summary in hparams(flat, {"hp_metric": 0.0}):  # only the metric's name is written, not the value
-            writer.add_summary(summary, step)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # logger.hparams: everything logged so far (model, data, and the DataModule's per-process batch).
+                logger.log_hyperparams(logger.hparams, {"hp_metric": float(best)}, step=trainer.global_step)
 
 
-def _log_step(trainer: L.Trainer) -> int:
-    """The x-axis value Lightning gives `self.log` scalars, so images line up with them: it counts training
-    batches (groups, with `data.steps_per_execution` > 1), and equals `global_step` with one SGD step each."""
-    return trainer.fit_loop.epoch_loop._batches_that_stepped
+def tensorboard_writer(trainer: L.Trainer):
+    """TensorBoard's SummaryWriter on rank 0, else None (other loggers and ranks get no pictures)."""
+    if not trainer.is_global_zero:
+        return None
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def add_picture(writer, tag: str, image: Image.Image, step: int) -> None:
+    writer.add_image(tag, np.asarray(image), step, dataformats="HWC")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lit_softmax import data
+from lit_softmax import fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"train": 200, "test": 50}  # 20 / 5 per class
@@ -36,7 +36,7 @@ def synthetic_arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def synthetic_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A directory of four synthetic IDX files (.gz), with `data.FILES` pointed at their sizes and hashes."""
+    """A directory of four synthetic IDX files (.gz), with `fashion_mnist.FILES` pointed at their sizes and hashes."""
     import gzip
 
     root = tmp_path / "idx"
@@ -46,16 +46,18 @@ def synthetic_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         images, labels = synthetic_arrays(n, seed=0 if split == "train" else 1)
         for kind, array in (("images", images), ("labels", labels)):
             raw = idx_bytes(array)
-            real = data.FILES[f"{split}_{kind}"]
+            real = fashion_mnist.FILES[f"{split}_{kind}"]
             (root / f"{real.filename}.gz").write_bytes(gzip.compress(raw))
-            files[f"{split}_{kind}"] = data.IdxSpec(real.filename, array.shape, hashlib.sha256(raw).hexdigest())
-    monkeypatch.setattr(data, "FILES", files)
-    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "no-system-copy")  # keep the real copy out of view
+            files[f"{split}_{kind}"] = fashion_mnist.IdxSpec(
+                real.filename, array.shape, hashlib.sha256(raw).hexdigest()
+            )
+    monkeypatch.setattr(fashion_mnist, "FILES", files)
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-copy")  # keep the real copy out of view
     return root
 
 
 def real_data_dir() -> Path | None:
-    for d in (data.SYSTEM_DIR, REPO / "data" / "FashionMNIST" / "raw"):
+    for d in (fashion_mnist.SYSTEM_DIR, REPO / "data" / "FashionMNIST" / "raw"):
         if (d / "train-images-idx3-ubyte.gz").is_file() or (d / "train-images-idx3-ubyte").is_file():
             return d
     return None
@@ -91,7 +93,7 @@ def real_data(where: Path) -> str:
     source = need_real_data()
     data_dir = where / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    if source != data.SYSTEM_DIR:
+    if source != fashion_mnist.SYSTEM_DIR:
         for idx_file in source.glob("*-ubyte*"):  # .gz or already decompressed
             link = data_dir / idx_file.name
             if not link.exists():

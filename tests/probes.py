@@ -17,9 +17,11 @@ class RecordShards(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loader = trainer.train_dataloader
-        # Lightning has called sampler.set_epoch(epoch) by now, so this is the order the epoch will use.
-        # The sampler hands out groups of mini-batches (tuples of index tensors): flatten to the sample order.
-        self.record["epochs"][trainer.current_epoch] = [int(i) for group in loader.sampler for b in group for i in b]
+        # Lightning has called sampler.set_epoch(epoch) by now, so this is the order the epoch will use. The sampler
+        # hands out this process's share of each global batch as a tensor of indices.
+        shares = list(loader.sampler)
+        self.record["epochs"][trainer.current_epoch] = [int(i) for share in shares for i in share]
+        self.record.setdefault("shares", {})[trainer.current_epoch] = [share.tolist() for share in shares]
         self.record.update(
             world_size=trainer.world_size,
             global_rank=trainer.global_rank,
@@ -30,8 +32,8 @@ class RecordShards(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == 0:
-            x = batch[0][0]  # the first mini-batch's images
-            self.record["batch"] = {"dtype": str(x.dtype), "shape": list(x.shape), "minibatches": len(batch)}
+            x = batch[0]  # what training_step gets: after Lightning's transfer and the DataModule's conversion
+            self.record["batch"] = {"dtype": str(x.dtype), "shape": list(x.shape)}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,15 @@ from conftest import REPO, scalars
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_softmax.dashboard import confusion_matrix, misclassified_grid, reliability_diagram, weight_templates
-from lit_softmax.data import CLASSES
+from lit_softmax.dashboard import (
+    CalibrationBins,
+    confusion_matrix,
+    expected_calibration_error,
+    misclassified_grid,
+    reliability_diagram,
+    weight_templates,
+)
+from lit_softmax.fashion_mnist import CLASSES
 
 CLASS_TAGS = [name.replace("/", "_") for name in CLASSES]
 
@@ -40,10 +47,25 @@ def test_renderers_draw_what_they_are_given() -> None:
     counts = torch.diag(torch.full((10,), 100))
     counts[6, 0] = 100  # half the shirts called T-shirts
     assert confusion_matrix(counts).size[0] > 300
-    conf = torch.linspace(0.05, 1, 1000)
-    assert reliability_diagram(conf, (torch.rand(1000) < conf).float()).size == (300, 300)
+    bins = CalibrationBins()
+    bins.update(torch.randn(1000, 10) * 3, torch.randint(0, 10, (1000,)))
+    assert reliability_diagram(bins.compute()).size == (300, 300)
     grid = misclassified_grid(torch.rand(9, 28, 28), torch.zeros(9), torch.ones(9))
     assert grid.size[1] > 2 * 28 * 3  # 9 images -> 2 rows
+
+
+def test_calibration_bins_give_torchmetrics_ece_and_add_up_across_batches() -> None:
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(3000, 10, generator=g) * 4, torch.randint(0, 10, (3000,), generator=g)
+    logits[:5] = torch.tensor([1e4] + [0.0] * 9)  # confidence exactly 1.0: torchmetrics' extra last slot
+    bins, reference = CalibrationBins(n_bins=15), MulticlassCalibrationError(10, n_bins=15)
+    for part in range(3):  # three batches, as in an epoch
+        bins.update(logits[part * 1000 : (part + 1) * 1000], target[part * 1000 : (part + 1) * 1000])
+    reference.update(logits, target)
+    assert expected_calibration_error(bins.compute()).item() == pytest.approx(reference.compute().item(), abs=1e-6)
+    assert bins.compute()["count"].sum() == 3000
 
 
 @pytest.mark.slow
@@ -62,10 +84,11 @@ def test_event_files_hold_every_dashboard(default_run: Path) -> None:
     # The test set is balanced (1,000 per class), so the mean per-class accuracy is the accuracy.
     assert sum(per_class) / 10 == pytest.approx(metrics["test/acc"][-1], abs=1e-6)
     assert min(per_class) == metrics["test/acc_per_class/Shirt"][-1]  # the famously hard class
-    assert len(metrics["val/acc_per_class/Trouser"]) == epochs
+    drawn = len({*range(0, epochs, 10), epochs - 1})  # every 10th validation and the last (epochs 0, 10, ..., 39)
+    assert len(metrics["val/acc_per_class/Trouser"]) == drawn
 
     logged = images(default_run)
-    assert len(logged["val/weight_templates"]) == epochs
+    assert len(logged["val/weight_templates"]) == drawn
     for tag in ("val/confusion_matrix", "val/reliability_diagram", "test/confusion_matrix",
                 "test/reliability_diagram", "test/misclassified"):  # fmt: skip
         picture = Image.open(io.BytesIO(logged[tag][-1].encoded_image_string))
@@ -131,7 +154,8 @@ def test_tensorboard_serves_the_run(default_run: Path) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             group = json.loads(response.read())["sessionGroups"][0]
         assert group["hparams"]["lr"] == 0.4
-        assert group["hparams"]["effective_batch_size"] == 2048
+        assert group["hparams"]["batch_size"] == 2048
+        assert group["hparams"]["per_process_batch_size"] == 2048
         assert group["metricValues"][0]["value"] == pytest.approx(max(scalars(default_run)["val/acc"]))
     finally:
         server.terminate()

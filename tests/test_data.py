@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import SYNTHETIC, idx_bytes, synthetic_arrays
 
-from lit_softmax import data
-from lit_softmax.data import FashionMNISTDataModule, locate_raw_files, read_idx
+from lit_softmax import fashion_mnist
+from lit_softmax.data import EvalSampler, FashionMNISTDataModule, TrainBatchSampler
 from lit_softmax.errors import ConfigError, DataError
+from lit_softmax.fashion_mnist import locate_raw_files, read_idx
 
 
 def make_dm(data_dir: Path, **kwargs) -> FashionMNISTDataModule:
@@ -66,26 +67,107 @@ def test_batches_are_index_cut_and_scaled_like_totensor(synthetic_dir: Path) -> 
     dm = make_dm(synthetic_dir, batch_size=16, eval_batch_size=7)
     dm.setup("fit")
     dm.setup("test")
-    groups = list(dm.train_dataloader())
-    assert all(len(g) == 1 for g in groups)  # steps_per_execution=1: one mini-batch per training_step
-    batches = [g[0] for g in groups]
+    batches = list(dm.train_dataloader())
     assert [len(b[1]) for b in batches] == [16] * 11 + [4]  # 180 = 11*16 + 4: no drop_last
     x, y = batches[0]
-    assert x.dtype == torch.float32  # training batches: [0, 1] floats, as ToTensor gives
+    assert x.dtype == torch.uint8  # through the loader (and to the device) as uint8: 4x fewer bytes
     assert x.shape == (16, 28, 28)
     assert y.dtype == torch.int64
-    # Each batch row is a training row / 255 with its own label (the loader shuffles, so match by content).
-    pixels = (x * 255).round().to(torch.uint8)
-    assert torch.equal(pixels.float() / 255, x)  # exactly ToTensor's x / 255
+    # Each batch row is a training row with its own label (the loader shuffles, so match by content).
     rows = {bytes(img.numpy()): int(lbl) for img, lbl in zip(dm.train_set.images, dm.train_set.labels)}
-    assert all(rows[bytes(img.numpy())] == int(lbl) for img, lbl in zip(pixels, y))
-    x_eval, _ = next(iter(dm.test_dataloader()))
-    assert x_eval.dtype == torch.uint8  # evaluation batches stay uint8: the model scales them in forward
+    assert all(rows[bytes(img.numpy())] == int(lbl) for img, lbl in zip(x, y))
     all_labels = torch.cat([b[1] for b in batches])
     assert torch.equal(all_labels.sort().values, dm.train_set.labels.sort().values)  # each sample once per epoch
-    # Every test sample exactly once, in order.
-    test_labels = torch.cat([b[1] for b in dm.test_dataloader()])
-    assert torch.equal(test_labels, dm.test_set.labels)
+    # On the device, Lightning's hook turns them into exactly what ToTensor gives: x / 255 as float32.
+    x_float, y_same = dm.on_after_batch_transfer((x, y), 0)
+    assert x_float.dtype == torch.float32
+    assert torch.equal(x_float, torch.from_numpy(x.numpy().astype(np.float32) / 255))
+    assert y_same is y
+    # Every test sample exactly once, in order, in batches of eval_batch_size.
+    test_batches = list(dm.test_dataloader())
+    assert [len(b[1]) for b in test_batches] == [7] * 7 + [1]
+    assert torch.equal(torch.cat([b[1] for b in test_batches]), dm.test_set.labels)
+    assert torch.equal(torch.cat([b[0] for b in test_batches]), dm.test_set.images)
+
+
+def order_of(epoch: int, n: int, seed: int = 0) -> torch.Tensor:
+    """The independent reference: torch's own DistributedSampler order for one process."""
+    sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler))
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_every_global_batch_is_the_same_set_on_any_number_of_processes(world: int) -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(1003))
+    ranks = [TrainBatchSampler(data, 96, num_replicas=world, rank=r, seed=7) for r in range(world)]
+    for epoch in (0, 1):
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        single = order_of(epoch, 1003, seed=7).split(96)  # 10 full global batches + one of 43
+        shares = [list(s) for s in ranks]
+        assert all(len(s) == len(single) == 11 for s in shares)  # every process takes the same number of steps
+        for step, batch in enumerate(single):
+            parts = [share[step] for share in shares]
+            assert torch.equal(torch.cat(parts), batch)  # the same samples, in the same order, split W ways
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_a_last_batch_smaller_than_the_process_count_is_dropped() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(97))  # 96 + 1: one sample cannot feed 2 processes
+    sampler = TrainBatchSampler(data, 32, num_replicas=2, rank=0)
+    assert len(sampler) == len(list(sampler)) == 3
+    assert len(TrainBatchSampler(data, 32, num_replicas=1, rank=0)) == 4
+
+
+def test_eval_shares_cover_every_sample_exactly_once() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    shares = [list(EvalSampler(data, num_replicas=3, rank=r)) for r in range(3)]
+    assert sorted(i for share in shares for i in share) == list(range(10))  # no padding, nothing twice
+    assert [len(EvalSampler(data, num_replicas=3, rank=r)) for r in range(3)] == [4, 3, 3]
+
+
+def test_training_order_depends_only_on_seed_and_epoch(synthetic_dir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # what seed_everything(5) sets, and Lightning's samplers read
+    dm = make_dm(synthetic_dir, batch_size=16)
+    dm.setup("fit")
+
+    def epoch_order(epoch: int) -> torch.Tensor:
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([b[1] for b in loader])
+
+    torch.manual_seed(123)  # the global RNG must not matter
+    first = epoch_order(1)
+    torch.manual_seed(456)
+    assert torch.equal(epoch_order(1), first)
+    assert not torch.equal(epoch_order(0), first)
+    assert torch.equal(first, dm.train_set.labels[order_of(1, len(dm.train_set), seed=5)])
+
+
+def test_resume_position_skips_what_was_trained(synthetic_dir: Path) -> None:
+    dm = make_dm(synthetic_dir, batch_size=16)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    full = [b[1] for b in loader]
+    loader.sampler.batches_done = 5  # what the DataModule counts as batches reach the model
+    state = loader.state_dict()
+    assert state == {"epoch": 0, "batches_done": 5, "num_batches": 12, "batch_size": 16}
+    resumed = make_dm(synthetic_dir, batch_size=16)
+    resumed.setup("fit")
+    resumed_loader = resumed.train_dataloader()
+    resumed_loader.load_state_dict(state)
+    rest = [b[1] for b in resumed_loader]
+    assert len(rest) == 7
+    assert all(torch.equal(a, b) for a, b in zip(rest, full[5:]))  # the rest of the epoch, nothing twice
+    assert len(list(resumed_loader)) == 12  # and the next pass is whole again
+    other = make_dm(synthetic_dir, batch_size=32)
+    other.setup("fit")
+    with pytest.raises(ConfigError, match=r"mid-epoch with data.batch_size=16, but this run has 32: resume with "
+                                          r"`--data.batch_size 16`"):  # fmt: skip
+        other.train_dataloader().load_state_dict(state)
+    # At the end of an epoch there is no position to keep: another batch size may go on from there.
+    other.train_dataloader().load_state_dict({**state, "batches_done": 12})
 
 
 def test_normalization_stats_are_per_pixel_of_train_split(synthetic_dir: Path) -> None:
@@ -112,7 +194,7 @@ def test_gz_is_decompressed_once_into_torchvision_layout(synthetic_dir: Path, tm
 
 # ---- corruption: each case names the file and the fix --------------------------------------------
 def corrupt(directory: Path, key: str, content: bytes) -> Path:
-    path = directory / data.FILES[key].filename
+    path = directory / fashion_mnist.FILES[key].filename
     path.write_bytes(content)
     return path
 
@@ -143,7 +225,7 @@ def test_gz_that_is_not_gzip(synthetic_dir: Path) -> None:
 )
 def test_corrupt_idx(synthetic_dir: Path, tmp_path: Path, key: str, mangle, message: str) -> None:
     work = plain_copy(synthetic_dir, tmp_path / "plain")
-    path = work / data.FILES[key].filename
+    path = work / fashion_mnist.FILES[key].filename
     path.write_bytes(mangle(path.read_bytes()))
     with pytest.raises(DataError, match=rf"{path}.*{message}.*Delete .* and run again"):
         make_dm(work).setup("fit")
@@ -159,7 +241,7 @@ def test_wrong_image_count(synthetic_dir: Path, tmp_path: Path) -> None:
 
 def test_read_idx_accepts_the_real_layout(synthetic_dir: Path, tmp_path: Path) -> None:
     work = plain_copy(synthetic_dir, tmp_path / "plain")
-    x = read_idx(work / "t10k-images-idx3-ubyte", data.FILES["test_images"])
+    x = read_idx(work / "t10k-images-idx3-ubyte", fashion_mnist.FILES["test_images"])
     assert x.shape == (50, 28, 28)
     assert x.dtype == torch.uint8
 
@@ -167,19 +249,19 @@ def test_read_idx_accepts_the_real_layout(synthetic_dir: Path, tmp_path: Path) -
 # ---- source order: data_dir, system copy, download; network absent ---------------------------------
 def test_data_dir_wins_over_system_copy(synthetic_dir: Path, tmp_path: Path, monkeypatch) -> None:
     system = plain_copy(synthetic_dir, tmp_path / "system")
-    monkeypatch.setattr(data, "SYSTEM_DIR", system)
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", system)
     paths = locate_raw_files(synthetic_dir, download=False)
     assert all(p.is_relative_to(synthetic_dir) for p in paths.values())
 
 
 def test_system_copy_used_when_data_dir_empty(synthetic_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(data, "SYSTEM_DIR", synthetic_dir)
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", synthetic_dir)
     empty = tmp_path / "empty"
 
     def no_download(*args, **kwargs):
         raise AssertionError("must not download when the system copy exists")
 
-    monkeypatch.setattr(data, "_download", no_download)
+    monkeypatch.setattr(fashion_mnist, "_download", no_download)
     dm = make_dm(empty, download=True)
     dm.setup("test")
     assert len(dm.test_set) == SYNTHETIC["test"]
@@ -215,9 +297,9 @@ def test_missing_data_without_download(tmp_path: Path, synthetic_dir: Path) -> N
 
 def test_download_result_is_used(tmp_path: Path, synthetic_dir: Path, monkeypatch) -> None:
     def fake_download(data_dir: Path) -> None:  # what torchvision leaves behind: raw/ with .gz and plain
-        plain_copy(synthetic_dir, data.cache_dir(data_dir))
+        plain_copy(synthetic_dir, fashion_mnist.cache_dir(data_dir))
 
-    monkeypatch.setattr(data, "_download", fake_download)
+    monkeypatch.setattr(fashion_mnist, "_download", fake_download)
     paths = locate_raw_files(tmp_path / "dl", download=True)
     assert all(p.parent == tmp_path / "dl" / "FashionMNIST" / "raw" for p in paths.values())
 
@@ -239,46 +321,15 @@ def test_bad_datamodule_arguments(kwargs: dict, message: str) -> None:
         FashionMNISTDataModule(**kwargs)
 
 
-def flat_order(loader) -> list[list[int]]:
-    """Labels of each mini-batch, in the order the loader hands them out (groups flattened)."""
-    return [b[1].tolist() for group in loader for b in group]
+def test_global_batch_must_split_evenly_over_the_processes(synthetic_dir: Path) -> None:
+    from types import SimpleNamespace
 
-
-def test_groups_of_minibatches_keep_the_order(synthetic_dir: Path) -> None:
-    one = make_dm(synthetic_dir, batch_size=16)
-    five = make_dm(synthetic_dir, batch_size=16, steps_per_execution=5)
-    one.setup("fit")
-    five.setup("fit")
-    groups = list(five.train_dataloader())
-    assert [len(g) for g in groups] == [5, 5, 2]  # 12 mini-batches
-    assert len(five.train_dataloader()) == 3  # what Lightning counts as batches per epoch
-    assert flat_order(five.train_dataloader()) == flat_order(one.train_dataloader())
-
-
-def test_resume_position_is_in_minibatches_and_needs_the_same_grouping(synthetic_dir: Path) -> None:
-    dm = make_dm(synthetic_dir, batch_size=16, steps_per_execution=5)
+    dm = make_dm(synthetic_dir, batch_size=64)
     dm.setup("fit")
-    loader = dm.train_dataloader()
-    full = flat_order(loader)
-    loader.progress = lambda: 1  # the fit loop finished one group of this epoch
-    state = loader.state_dict()
-    assert state["batches_done"] == 5
-    resumed = make_dm(synthetic_dir, batch_size=16, steps_per_execution=5)
-    resumed.setup("fit")
-    resumed_loader = resumed.train_dataloader()
-    resumed_loader.load_state_dict(state)
-    assert flat_order(resumed_loader) == full[5:]  # the rest of the epoch, nothing twice
-    assert flat_order(resumed_loader) == full  # and the next epoch is whole again
-    other = make_dm(synthetic_dir, batch_size=16, steps_per_execution=4)
-    other.setup("fit")
-    with pytest.raises(ConfigError, match=r"data.steps_per_execution=5, but this run has 4: resume with "
-                                          r"`--data.steps_per_execution 5`"):  # fmt: skip
-        other.train_dataloader().load_state_dict(state)
-    # At the end of an epoch there is no position to keep: another grouping may go on from there.
-    loader.progress = lambda: 3  # all three groups of the epoch
-    end_of_epoch = loader.state_dict()
-    assert end_of_epoch["batches_done"] == 12
-    regrouped = other.train_dataloader()
-    regrouped.load_state_dict(end_of_epoch)  # no error
-    regrouped.sampler.set_epoch(1)  # what Lightning does next
-    assert [len(g) for g in regrouped] == [4, 4, 4]
+    dm.trainer = SimpleNamespace(world_size=3, global_rank=0)  # what Lightning sets; only these two are read
+    message = r"data.batch_size=64 is the global batch and must split evenly over the 3 processes; "
+    with pytest.raises(ConfigError, match=message + r".*`--data.batch_size 63` or `--data.batch_size 66`"):
+        dm.train_dataloader()
+    dm.trainer = SimpleNamespace(world_size=4, global_rank=1)
+    batches = list(dm.train_dataloader())
+    assert [len(b[1]) for b in batches] == [16, 16, 13]  # 180 = 2 x 64 + 52: rank 1 takes a quarter of each

@@ -43,10 +43,12 @@ def test_logits_shape(shape) -> None:
     assert SoftmaxRegression()(torch.rand(shape)).shape == (5, 10)
 
 
-def test_uint8_input_equals_float_input() -> None:
-    model = model_with_stats()
+def test_uint8_input_is_a_clear_error() -> None:
     pixels = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
-    torch.testing.assert_close(model(pixels), model(pixels.float() / 255), rtol=1e-5, atol=1e-5)
+    with pytest.raises(
+        TypeError, match=r"expected float images in \[0, 1\], got dtype torch.uint8; .*`x.float\(\) / 255`"
+    ):
+        SoftmaxRegression()(pixels)
 
 
 def test_exactly_one_linear_layer() -> None:
@@ -65,9 +67,11 @@ def test_wrong_input_shape_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_training_loss_and_gradients_match_float64_reference(label_smoothing: float) -> None:
-    model = model_with_stats(label_smoothing=label_smoothing)
+    model = model_with_stats(label_smoothing=label_smoothing).train()
     x, y = batch()
-    loss, _ = model.training_loss(x, y)
+    loss, logits, labels = model.model_step((x, y))
+    assert labels is y
+    torch.testing.assert_close(logits, model(x))
     loss.backward()
 
     w = model.linear.weight.detach().double().requires_grad_()
@@ -80,9 +84,10 @@ def test_training_loss_and_gradients_match_float64_reference(label_smoothing: fl
 
 
 def test_eval_loss_is_plain_cross_entropy_even_with_smoothing() -> None:
-    model = model_with_stats(label_smoothing=0.2)
+    model = model_with_stats(label_smoothing=0.2).eval()  # Lightning puts the model in eval mode for test
     x, y = batch()
-    model.test_step((x, y), 0)
+    outputs = model.test_step((x, y), 0)
+    torch.testing.assert_close(outputs["logits"], model(x))
     ref = reference_loss(x, y, model.linear.weight, model.linear.bias, model.pixel_mean, model.pixel_std)
     assert model.test_loss.compute().item() == pytest.approx(ref.item(), rel=1e-5)
     acc = (model(x).argmax(1) == y).float().mean()
@@ -100,13 +105,7 @@ def test_predict_returns_probabilities() -> None:
 
 def test_weight_decay_only_on_weights_and_cosine_reaches_zero() -> None:
     model = SoftmaxRegression(lr=0.5, momentum=0.9, weight_decay=1e-3, scheduler="cosine", warmup_steps=10)
-
-    class FakeTrainer:
-        estimated_stepping_batches = 100
-        train_dataloader = None  # any loader: one SGD step per training_step call
-
-    model.trainer = FakeTrainer()  # configure_optimizers only reads the step count
-    config = model.configure_optimizers()
+    config = model.optimizer_config(total_steps=100)
     opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-3, 0.0]
     assert opt.param_groups[0]["params"][0] is model.linear.weight
@@ -189,54 +188,65 @@ def trainer_free_accuracy(model: SoftmaxRegression, dm: FashionMNISTDataModule) 
     return (model(x).argmax(1) == dm.test_set.labels).float().mean().item()
 
 
-def fit_grouped(tmp_path: Path, synthetic_dir: Path, steps_per_execution: int, max_steps: int = -1, **model_kwargs):
+def plain_pytorch_sgd(
+    dm, start: dict, epochs: int, lr: float, momentum: float = 0.0, clip: float | None = None, accumulate: int = 1
+) -> tuple[torch.nn.Linear, int]:
+    """The independent reference: torch.optim.SGD on batches of 16 in torch's DistributedSampler order, gradient
+    clipping and accumulation written out by hand. Returns the layer and the count of correct training
+    predictions of the last epoch (each made just before the update it contributes to)."""
+    reference = torch.nn.Linear(784, 10)
+    reference.load_state_dict({"weight": start["linear.weight"], "bias": start["linear.bias"]})
+    opt = torch.optim.SGD(reference.parameters(), lr=lr, momentum=momentum)
+    order = torch.utils.data.DistributedSampler(dm.train_set, num_replicas=1, rank=0,
+                                                seed=int(os.getenv("PL_GLOBAL_SEED", 0)))  # fmt: skip
+    for epoch in range(epochs):
+        order.set_epoch(epoch)
+        correct = 0
+        batches = torch.tensor(list(order)).split(16)
+        for i, idx in enumerate(batches):
+            x = dm.train_set.images[idx].reshape(len(idx), -1).float() / 255
+            logits = reference(x)
+            correct += (logits.argmax(1) == dm.train_set.labels[idx]).sum().item()
+            (torch.nn.functional.cross_entropy(logits, dm.train_set.labels[idx]) / accumulate).backward()
+            if (i + 1) % accumulate == 0 or i + 1 == len(batches):
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
+                opt.step()
+                opt.zero_grad()
+    return reference, correct
+
+
+def fit_synthetic(tmp_path: Path, synthetic_dir: Path, **trainer_kwargs):
     torch.manual_seed(0)
-    model = SoftmaxRegression(normalize="none", **model_kwargs)
+    model = SoftmaxRegression(normalize="none", lr=0.3, momentum=0.9)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, batch_size=16, download=False,
-                                steps_per_execution=steps_per_execution)  # fmt: skip
-    trainer = L.Trainer(max_epochs=2, max_steps=max_steps, default_root_dir=tmp_path, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, batch_size=16, download=False)
+    trainer = L.Trainer(max_epochs=2, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, **trainer_kwargs)  # fmt: skip
     trainer.fit(model, datamodule=dm)
     return trainer, model, start, dm
 
 
-def test_sgd_matches_a_plain_pytorch_loop_whatever_the_group_size(tmp_path: Path, synthetic_dir: Path) -> None:
-    """180 training images, batch 16: 12 SGD steps an epoch, handed to training_step 5 at a time (5, 5, 2)."""
-    trainer, model, start, dm = fit_grouped(tmp_path, synthetic_dir, 5, lr=0.3, momentum=0.9)
-    # The independent reference: torch's own DistributedSampler order, batches of 16, torch.optim.SGD.
-    reference = torch.nn.Linear(784, 10)
-    reference.load_state_dict({"weight": start["linear.weight"], "bias": start["linear.bias"]})
-    opt = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9)
-    seed = int(os.getenv("PL_GLOBAL_SEED", 0))
-    order = torch.utils.data.DistributedSampler(dm.train_set, num_replicas=1, rank=0, seed=seed)
-    for epoch in range(2):
-        order.set_epoch(epoch)
-        correct = 0  # training accuracy of the epoch: predictions made just before each update
-        for idx in torch.tensor(list(order)).split(16):
-            x = dm.train_set.images[idx].reshape(len(idx), -1).float() / 255
-            logits = reference(x)
-            correct += (logits.argmax(1) == dm.train_set.labels[idx]).sum().item()
-            loss = torch.nn.functional.cross_entropy(logits, dm.train_set.labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+@pytest.mark.parametrize(
+    "trainer_kwargs",
+    [{}, {"gradient_clip_val": 0.05}, {"accumulate_grad_batches": 3}],
+    ids=["plain", "gradient-clipping", "accumulation"],
+)
+def test_training_equals_a_plain_pytorch_loop(tmp_path: Path, synthetic_dir: Path, trainer_kwargs: dict) -> None:
+    """180 training images, batch 16: 12 optimizer steps an epoch (4 with accumulation over 3), 2 epochs."""
+    trainer, model, start, dm = fit_synthetic(tmp_path, synthetic_dir, **trainer_kwargs)
+    reference, correct = plain_pytorch_sgd(
+        dm, start, epochs=2, lr=0.3, momentum=0.9,
+        clip=trainer_kwargs.get("gradient_clip_val"), accumulate=trainer_kwargs.get("accumulate_grad_batches", 1),
+    )  # fmt: skip
     torch.testing.assert_close(model.linear.weight, reference.weight, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.linear.bias, reference.bias, rtol=1e-5, atol=1e-6)
+    assert trainer.global_step == 2 * 12 // trainer_kwargs.get("accumulate_grad_batches", 1)
     assert trainer.callback_metrics["train/acc"].item() == pytest.approx(correct / len(dm.train_set))
 
 
-def test_group_size_changes_nothing_but_speed(tmp_path: Path, synthetic_dir: Path) -> None:
-    # Cosine with warm-up: the schedule's length must be counted in SGD steps, not training_step calls.
-    kwargs = {"lr": 0.3, "scheduler": "cosine", "warmup_steps": 3}
-    one = fit_grouped(tmp_path / "1", synthetic_dir, 1, **kwargs)
-    four = fit_grouped(tmp_path / "4", synthetic_dir, 4, **kwargs)
-    assert one[0].global_step == four[0].global_step == 24
-    assert torch.equal(one[1].linear.weight, four[1].linear.weight)
-    assert torch.equal(one[1].linear.bias, four[1].linear.bias)
-    assert four[1].optimizers().param_groups[0]["lr"] == pytest.approx(0.0)  # the cosine ended exactly at the end
-
-
-def test_max_steps_counts_sgd_steps_even_mid_group(tmp_path: Path, synthetic_dir: Path) -> None:
-    trainer, *_ = fit_grouped(tmp_path, synthetic_dir, 4, max_steps=7)
-    assert trainer.global_step == 7
+def test_gradient_clipping_changes_the_result(tmp_path: Path, synthetic_dir: Path) -> None:
+    """The clipping case above is not vacuous: with this small a threshold, clipping changes the weights."""
+    clipped = fit_synthetic(tmp_path / "c", synthetic_dir, gradient_clip_val=0.05)[1]
+    plain = fit_synthetic(tmp_path / "p", synthetic_dir)[1]
+    assert not torch.allclose(clipped.linear.weight, plain.linear.weight, atol=1e-3)

@@ -11,10 +11,9 @@ import torch
 from conftest import REPO, real_data, run_cli, scalars
 from PIL import Image
 
-from lit_softmax import FashionMNISTDataModule, SoftmaxRegression, predict
-from lit_softmax.data import CLASSES
+from lit_softmax import CLASSES, FashionMNISTDataModule, SoftmaxRegression, images
 from lit_softmax.errors import DataError
-from lit_softmax.predict import load_image_folder, to_fashion_mnist
+from lit_softmax.images import load_image_folder, to_fashion_mnist
 
 CONFIG = str(REPO / "configs/fashion_mnist.yaml")
 
@@ -67,11 +66,11 @@ def test_folder_reports_bad_files_and_keeps_the_rest(tmp_path: Path, monkeypatch
     good = (tmp_path / "b.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 2])
     Image.new("L", (300, 300)).save(tmp_path / "huge.bmp")
-    monkeypatch.setattr(predict, "MAX_IMAGE_PIXELS", 200 * 200)
-    images, names, failures = load_image_folder(tmp_path)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200 * 200)
+    pictures, names, failures = load_image_folder(tmp_path)
     assert names == ["a.png", "b.jpg"]
-    assert images.shape == (2, 28, 28)
-    assert images.dtype == torch.uint8
+    assert pictures.shape == (2, 28, 28)
+    assert pictures.dtype == torch.uint8
     reasons = dict(failures)
     assert set(reasons) == {"notes.txt", "fake.png", "truncated.jpg", "huge.bmp"}
     assert "not an image file type" in reasons["notes.txt"]
@@ -88,13 +87,13 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
         load_image_folder(tmp_path)
 
 
-def render_test_images(folder: Path, images: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
+def render_test_images(folder: Path, pictures: torch.Tensor, labels: torch.Tensor) -> dict[str, int]:
     """Real test images saved the ways users have them: sizes, modes, formats, some dark-on-light."""
     folder.mkdir()
     truth = {}
     variants = [(28, "L", "png", False), (56, "RGB", "jpg", False), (100, "RGBA", "png", False),
                 (37, "L", "bmp", False), (84, "RGB", "png", True), (64, "L", "jpg", True)]  # fmt: skip
-    for i, (image, label) in enumerate(zip(images.numpy(), labels.tolist())):
+    for i, (image, label) in enumerate(zip(pictures.numpy(), labels.tolist())):
         size, mode, fmt, invert = variants[i % len(variants)]
         picture = Image.fromarray(255 - image if invert else image).resize((size, size), Image.BICUBIC)
         name = f"img{i:03d}_{size}{mode}{'_inv' if invert else ''}.{fmt}"
@@ -126,8 +125,8 @@ def test_predict_test_split_and_image_folder(default_run: Path, tmp_path: Path) 
     # 2. A folder of user images, plus files that cannot be read.
     dm = FashionMNISTDataModule(data_dir=real_data(tmp_path))
     dm.setup("test")
-    images, labels = dm.test_set.images[:300], dm.test_set.labels[:300]
-    truth = render_test_images(tmp_path / "photos", images, labels)
+    originals, labels = dm.test_set.images[:300], dm.test_set.labels[:300]
+    truth = render_test_images(tmp_path / "photos", originals, labels)
     (tmp_path / "photos" / "readme.txt").write_text("hello")
     (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     out = run_cli(
@@ -143,6 +142,6 @@ def test_predict_test_split_and_image_folder(default_run: Path, tmp_path: Path) 
     on_files = np.mean([rows[name]["predicted"] == CLASSES[label] for name, label in truth.items()])
     model = SoftmaxRegression.load_from_checkpoint(best, map_location="cpu").eval()
     with torch.no_grad():
-        on_originals = (model(images).argmax(1) == labels).float().mean().item()
+        on_originals = (model(originals.float() / 255).argmax(1) == labels).float().mean().item()
     print(f"accuracy on 300 originals {on_originals:.3f}, on rendered files {on_files:.3f}")
     assert on_files >= on_originals - 0.05

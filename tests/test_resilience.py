@@ -11,15 +11,19 @@ import textwrap
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import REPO, need_real_data, real_data, run_cli
 
-CONFIG = str(REPO / "configs/seed_recipe.yaml")
-# Two epochs of 108 steps each: long enough to interrupt mid-epoch, short enough to run three times.
-SHORT = ["--data.batch_size", "512", "--trainer.max_epochs", "2", "--test_after_fit", "false"]
-STEPS_PER_EPOCH = 108
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+# Two recipes, short enough to run three times each, long enough to interrupt mid-epoch: the textbook pair
+# (one SGD step per training_step) and the seed recipe's opt-in grouped steps (16 SGD steps per call).
+RECIPES = {
+    "textbook": (str(REPO / "configs/fashion_mnist.yaml"), ["--data.batch_size", "1024"], "fashion_mnist", 54),
+    "grouped": (str(REPO / "configs/seed_recipe.yaml"), ["--data.batch_size", "512"], "seed_recipe", 108),
+}
+SHORT = ["--trainer.max_epochs", "2", "--test_after_fit", "false"]
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -27,32 +31,41 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
+def uninterrupted(tmp_path_factory) -> dict[str, Path]:
     need_real_data()
-    cwd = tmp_path_factory.mktemp("uninterrupted")
-    out = run_cli("fit", "--config", CONFIG, *SHORT, "--data.data_dir", real_data(cwd), cwd=cwd)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return cwd / "logs" / "seed_recipe" / "version_0" / "checkpoints" / "last.ckpt"
+    done = {}
+    for recipe, (config, batch, name, _) in RECIPES.items():
+        cwd = tmp_path_factory.mktemp(f"uninterrupted_{recipe}")
+        out = run_cli("fit", "--config", config, *batch, *SHORT, "--data.data_dir", real_data(cwd), cwd=cwd)
+        assert out.returncode == 0, out.stderr[-3000:]
+        done[recipe] = cwd / "logs" / name / "version_0" / "checkpoints" / "last.ckpt"
+    return done
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
-)
-def test_interrupt_at_random_step_then_resume_is_bit_exact(uninterrupted, tmp_path: Path, signum, exit_code) -> None:
+    ("recipe", "signum", "exit_code"),
+    [("textbook", signal.SIGINT, 130), ("textbook", signal.SIGTERM, 143), ("grouped", signal.SIGINT, 130),
+     ("grouped", signal.SIGTERM, 143)],
+    ids=["textbook-SIGINT", "textbook-SIGTERM", "grouped-SIGINT", "grouped-SIGTERM"],
+)  # fmt: skip
+def test_interrupt_at_random_step_then_resume_is_bit_exact(
+    uninterrupted, tmp_path: Path, recipe: str, signum, exit_code
+) -> None:
+    config, batch, name, steps_per_epoch = RECIPES[recipe]
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     epoch = rng.choice([0, 1])
-    target = epoch * STEPS_PER_EPOCH + rng.randint(10, STEPS_PER_EPOCH - 30)  # somewhere inside an epoch
+    target = epoch * steps_per_epoch + rng.randint(5, steps_per_epoch - 25)  # somewhere inside an epoch
     print(f"random seed {seed}: signalling at step >= {target}")
     progress = tmp_path / "progress"
     probe = tmp_path / "probe.yaml"
     probe.write_text(
-        f"trainer:\n  callbacks:\n    - class_path: probes.SlowSteps\n      init_args:\n"
+        f"trainer:\n  callbacks+:\n    - class_path: probes.SlowSteps\n      init_args:\n"
         f"        progress_file: {progress}\n        delay: 0.02\n"
     )
     data = ["--data.data_dir", real_data(tmp_path)]
-    command = [sys.executable, "-m", "lit_softmax", "fit", "--config", CONFIG, *SHORT, *data,
+    command = [sys.executable, "-m", "lit_softmax", "fit", "--config", config, *batch, *SHORT, *data,
                "--trainer.enable_progress_bar", "false"]  # fmt: skip
     proc = subprocess.Popen([*command, "--config", str(probe)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -68,34 +81,34 @@ def test_interrupt_at_random_step_then_resume_is_bit_exact(uninterrupted, tmp_pa
     assert f"Interrupted by {signal.Signals(signum).name}" in output
     assert "--ckpt_path last" in output  # says how to resume
 
-    saved = tmp_path / "logs" / "seed_recipe" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = tmp_path / "logs" / name / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(saved, map_location="cpu", weights_only=True)
     assert state["global_step"] >= target
-    assert state["global_step"] % STEPS_PER_EPOCH != 0, "meant to test a mid-epoch stop"
+    assert state["global_step"] % steps_per_epoch != 0, "meant to test a mid-epoch stop"
 
-    if signum == signal.SIGINT:  # resuming mid-epoch with another grouping cannot line up: a clear error, no run
-        regrouped = run_cli("fit", "--config", CONFIG, *SHORT, *data, "--ckpt_path", "last",
-                            "--data.steps_per_execution", "4", cwd=tmp_path)  # fmt: skip
+    if recipe == "grouped" and signum == signal.SIGINT:  # resuming mid-epoch with another grouping cannot line up
+        regrouped = run_cli("fit", "--config", config, *batch, *SHORT, *data, "--ckpt_path", "last",
+                            "--data.steps_per_call", "4", cwd=tmp_path)  # fmt: skip
         assert regrouped.returncode == 2, regrouped.stderr[-3000:]
-        assert "resume with `--data.steps_per_execution 16`" in regrouped.stderr
+        assert "resume with `--data.steps_per_call 16`" in regrouped.stderr
         assert "Traceback" not in regrouped.stderr
-        assert sorted(d.name for d in (tmp_path / "logs" / "seed_recipe").iterdir()) == ["version_0"]
+        assert sorted(d.name for d in (tmp_path / "logs" / name).iterdir()) == ["version_0"]
 
-    resumed = run_cli("fit", "--config", CONFIG, *SHORT, *data, "--ckpt_path", "last", cwd=tmp_path)
+    resumed = run_cli("fit", "--config", config, *batch, *SHORT, *data, "--ckpt_path", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
-    final = tmp_path / "logs" / "seed_recipe" / "version_1" / "checkpoints" / "last.ckpt"
-    assert torch.load(final, weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
-    expected, got = weights(uninterrupted), weights(final)
-    for name in expected:
-        assert torch.equal(expected[name], got[name]), f"{name} differs after resume (seed {seed})"
+    final = tmp_path / "logs" / name / "version_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(final, weights_only=True)["global_step"] == 2 * steps_per_epoch
+    expected, got = weights(uninterrupted[recipe]), weights(final)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), f"{key} differs after resume (seed {seed})"
 
 
 CRASH = textwrap.dedent(
     """
     import os, signal, sys, torch
     from pathlib import Path
-    from lit_softmax.resilience import AtomicCheckpointIO
+    from lit_softmax.checkpoints import AtomicCheckpointIO
     path, where = Path(sys.argv[1]), sys.argv[2]
     real_write = os.write
     if where == "write":  # die halfway through writing the bytes
@@ -118,7 +131,7 @@ CRASH = textwrap.dedent(
 
 @pytest.mark.parametrize("where", ["write", "rename"])
 def test_killed_while_writing_a_checkpoint_leaves_the_old_one_loadable(tmp_path: Path, where: str) -> None:
-    from lit_softmax.resilience import AtomicCheckpointIO
+    from lit_softmax.checkpoints import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, path)
@@ -244,3 +257,45 @@ def test_bad_data_exits_nonzero_with_one_message_and_no_run_left(
     assert err.count("lit_softmax: error:") == 1
     assert "Traceback" not in err
     assert not list((tmp_path / "logs").glob("*/version_*")), "a failed run left a directory that looks like a run"
+
+
+class _Stop(Exception):
+    pass
+
+
+class SaveAndStopAt(L.Callback):
+    """Saves a checkpoint at the end of global step `step` and stops the run there, as an interrupt does."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            raise _Stop
+
+
+@pytest.mark.parametrize("step", [5, 12, 17])  # mid-epoch 0, the end of epoch 0, mid-epoch 1 (12 steps an epoch)
+def test_mid_epoch_resume_is_exact_with_a_cosine_schedule(synthetic_dir: Path, tmp_path: Path, step: int) -> None:
+    """The cosine schedule asks for `trainer.estimated_stepping_batches`, after which Lightning (2.6, issue #20550)
+    never gives a stateful loader its saved position back: the DataModule restores it itself."""
+    from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
+
+    def fit(*callbacks, ckpt_path=None) -> SoftmaxRegression:
+        torch.manual_seed(0)
+        model = SoftmaxRegression(normalize="none", lr=0.05, momentum=0.5, scheduler="cosine")
+        dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, batch_size=16, download=False)
+        trainer = L.Trainer(
+            max_epochs=2, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, callbacks=list(callbacks),
+        )  # fmt: skip
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model
+
+    whole = fit()
+    ckpt = tmp_path / "stopped.ckpt"
+    with pytest.raises(_Stop):
+        fit(SaveAndStopAt(step, ckpt))
+    resumed = fit(ckpt_path=ckpt)
+    assert torch.equal(resumed.linear.weight, whole.linear.weight)
+    assert torch.equal(resumed.linear.bias, whole.linear.bias)

@@ -1,22 +1,16 @@
-"""Predictions: turning user image files into Fashion-MNIST-like inputs, and writing predictions to CSV."""
+"""User image files -> Fashion-MNIST-like inputs: what `predict --data.predict_dir` reads."""
 
 from __future__ import annotations
 
-import csv
-import io
 import warnings
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import Tensor
 
-from lit_softmax.data import CLASSES, atomic_write_bytes
 from lit_softmax.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -93,46 +87,3 @@ def _read_one(path: Path, invert) -> np.ndarray:
                 )
             image.load()  # decode now, so truncated files fail here
             return to_fashion_mnist(image, invert)
-
-
-class CSVPredictionWriter(BasePredictionWriter):
-    """Writes `predictions.csv` into the run directory: one row per input, the predicted class, its probability
-    and all class probabilities; the true label for dataset inputs, the file name (or why it was skipped) for
-    image folders."""
-
-    def __init__(self, filename: str = "predictions.csv") -> None:
-        super().__init__(write_interval="batch")
-        self.filename = filename
-        self._rows: list[list] = []
-
-    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._rows = []
-
-    def write_on_batch_end(self, trainer, pl_module, prediction: Tensor, batch_indices, batch, batch_idx, dl_idx):
-        labels = batch[1].tolist()
-        for index, label, probs in zip(batch_indices, labels, prediction.float().cpu().tolist()):
-            best = max(range(len(probs)), key=probs.__getitem__)
-            self._rows.append([index, label, CLASSES[best], f"{probs[best]:.6f}", *(f"{p:.6f}" for p in probs)])
-
-    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
-        files = getattr(datamodule, "predict_files", None)
-        header = ["predicted", "probability", *(f"p_{name}" for name in CLASSES)]
-        if files is None:  # the test split
-            header = ["index", "true_label", *header]
-            rows = [[index, CLASSES[label], *rest] for index, label, *rest in self._rows]
-        else:
-            header = ["file", *header, "error"]
-            rows = [[files[index], *rest, ""] for index, _, *rest in self._rows]
-            rows += [[name, *[""] * (len(header) - 2), reason] for name, reason in datamodule.predict_failures]
-        rows.sort(key=lambda row: row[0])
-        suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        out = Path(trainer.log_dir or ".") / (Path(self.filename).stem + suffix + Path(self.filename).suffix)
-        text = io.StringIO()
-        writer = csv.writer(text)
-        writer.writerow(header)
-        writer.writerows(rows)
-        atomic_write_bytes(text.getvalue().encode(), out)  # a crash never leaves half a CSV
-        rank_zero_info(f"wrote {len(rows)} predictions to {out}")
-        for name, reason in getattr(datamodule, "predict_failures", []) or []:
-            rank_zero_warn(f"could not predict {name}: {reason}")

@@ -1,21 +1,23 @@
-"""Not losing work: stop cleanly on SIGINT/SIGTERM, write checkpoints atomically, stop on a diverging loss."""
+"""Callbacks the CLI adds to every run: stop cleanly on Ctrl-C/SIGTERM, stop on a diverging loss, write
+predictions to CSV. Each is a plain Lightning `Callback` using public hooks only."""
 
 from __future__ import annotations
 
+import csv
 import io
-import math
 import signal
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
 
-from lit_softmax.data import atomic_write_bytes
+from lit_softmax.checkpoints import atomic_write_bytes
 from lit_softmax.errors import LitSoftmaxError
+from lit_softmax.fashion_mnist import CLASSES
 
 # Exit codes of an interrupted `fit` (documented in the README): the shell convention 128 + signal number.
 EXIT_SIGINT = 128 + signal.SIGINT  # 130
@@ -38,31 +40,19 @@ class TrainingDiverged(LitSoftmaxError):
     exit_code = EXIT_DIVERGED
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temporary file in the same directory, then rename over the target.
-
-    A process killed mid-write (SIGKILL, power loss) leaves the previous checkpoint intact plus at most a
-    stray `.tmp` file; it never leaves a truncated `last.ckpt` or best checkpoint.
-    """
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)  # ~40 KB here; serialising first keeps the file write a single step
-        atomic_write_bytes(buffer.getvalue(), Path(path))
-
-
 class GracefulInterrupt(L.Callback):
     """On SIGINT/SIGTERM: finish the current step, save `last.ckpt` (mid-epoch included), and exit.
 
     SIGTERM is Lightning's own: it sets `trainer.received_sigterm` and raises `SIGTERMException` after the step.
     SIGINT (Ctrl-C) would otherwise raise KeyboardInterrupt wherever Python happens to be; here it only sets a
-    flag, and the next step boundary raises `TrainingInterrupted`. Either way `on_exception` saves the
+    flag, and the end of the current step raises `TrainingInterrupted`. Either way `on_exception` saves the
     checkpoint, and `fit --ckpt_path last` continues exactly where training stopped.
     """
 
     def __init__(self) -> None:
         self._signum: int | None = None
         self._previous = None
+        self._batch = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._signum = None
@@ -77,7 +67,10 @@ class GracefulInterrupt(L.Callback):
         self._signum = signum
         rank_zero_info("\nCtrl-C: stopping after this step and saving a checkpoint (press again to abort) ...")
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # At the end of the step, so that the checkpoint holds this step's update and the loader's position
+        # after this batch: a resumed run starts with the next batch.
+        self._batch = batch_idx + 1
         stop = self._signum is not None
         if trainer.world_size > 1:  # every process must stop at the same step, or the others hang
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
@@ -91,12 +84,11 @@ class GracefulInterrupt(L.Callback):
             signum = exception.signum
         else:
             return
-        path = _last_checkpoint_path(trainer)
+        path = last_checkpoint_path(trainer)
         trainer.save_checkpoint(path)
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         message = (
-            f"Interrupted by {signal.Signals(signum).name} at epoch {trainer.current_epoch}, after batch {progress} "
-            f"of {trainer.num_training_batches} (global step {trainer.global_step}). Saved {path}.\n"
+            f"Interrupted by {signal.Signals(signum).name} at epoch {trainer.current_epoch}, after batch "
+            f"{self._batch} of {trainer.num_training_batches} (global step {trainer.global_step}). Saved {path}.\n"
             "Resume exactly where it stopped with the same command plus `--ckpt_path last` "
             "(or `--ckpt_path <that file>`)."
         )
@@ -116,17 +108,16 @@ class GracefulInterrupt(L.Callback):
 
 
 class DivergenceGuard(L.Callback):
-    """Stops training at the first step whose loss is NaN/inf, before that step's update is applied.
+    """Stops training at the first step whose loss is NaN/inf, before that step's backward and update.
 
-    The weights at that point are the last good ones; they are saved as `last.ckpt` only if finite, and the
-    best checkpoint (by val/acc) is never touched, so no NaN weights are ever saved.
+    The weights at that point are the last good ones; the best checkpoint (by val/acc) and `last.ckpt` from
+    before are untouched, so no NaN weights are ever saved.
     """
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        loss = getattr(pl_module, "_loss_window", {}).get("last")  # this step's loss, set by training_step
-        if loss is None or math.isfinite(float(loss)):  # float(): one host sync per step, free on CPU
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        if bool(torch.isfinite(loss)):  # bool(): waits for the loss on a GPU (see README "Performance")
             return
-        lr = optimizer.param_groups[0]["lr"]
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
         raise TrainingDiverged(
             f"training diverged: the loss is {float(loss)} at epoch {trainer.current_epoch}, global step "
             f"{trainer.global_step} (learning rate {lr:g}). Training stopped before applying this step; the "
@@ -135,8 +126,51 @@ class DivergenceGuard(L.Callback):
         )
 
 
-def _last_checkpoint_path(trainer: L.Trainer) -> Path:
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
     for callback in trainer.callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
             return Path(callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
     return Path(trainer.default_root_dir) / "last.ckpt"
+
+
+class CSVPredictionWriter(BasePredictionWriter):
+    """Writes `predictions.csv` into the run directory: one row per input, the predicted class, its probability
+    and all class probabilities; the true label for dataset inputs, the file name (or why it was skipped) for
+    image folders."""
+
+    def __init__(self, filename: str = "predictions.csv") -> None:
+        super().__init__(write_interval="batch")
+        self.filename = filename
+        self._rows: list[list] = []
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._rows = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: Tensor, batch_indices, batch, batch_idx, dl_idx):
+        labels = batch[1].tolist()
+        for index, label, probs in zip(batch_indices, labels, prediction.float().cpu().tolist()):
+            best = max(range(len(probs)), key=probs.__getitem__)
+            self._rows.append([index, label, CLASSES[best], f"{probs[best]:.6f}", *(f"{p:.6f}" for p in probs)])
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        files = getattr(datamodule, "predict_files", None)
+        header = ["predicted", "probability", *(f"p_{name}" for name in CLASSES)]
+        if files is None:  # the test split
+            header = ["index", "true_label", *header]
+            rows = [[index, CLASSES[label], *rest] for index, label, *rest in self._rows]
+        else:
+            header = ["file", *header, "error"]
+            rows = [[files[index], *rest, ""] for index, _, *rest in self._rows]
+            rows += [[name, *[""] * (len(header) - 2), reason] for name, reason in datamodule.predict_failures]
+        rows.sort(key=lambda row: row[0])
+        suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        out = Path(trainer.log_dir or ".") / (Path(self.filename).stem + suffix + Path(self.filename).suffix)
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(header)
+        writer.writerows(rows)
+        atomic_write_bytes(text.getvalue().encode(), out)  # a crash never leaves half a CSV
+        rank_zero_info(f"wrote {len(rows)} predictions to {out}")
+        for name, reason in getattr(datamodule, "predict_failures", []) or []:
+            rank_zero_warn(f"could not predict {name}: {reason}")

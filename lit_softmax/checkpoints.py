@@ -1,0 +1,122 @@
+"""Files that hold a run's work: atomic writes, checkpoints (save, safe load, best/last lookup), run directories.
+
+Everything that writes goes through `atomic_write_bytes`: a crash or a concurrent process never sees half a
+file. Everything that reads a checkpoint goes through `load_checkpoint_safely`: tensors and plain data only.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lit_softmax.errors import CheckpointError
+
+
+def atomic_write_bytes(data: bytes, dest: Path) -> None:
+    """Write next to `dest`, fsync, and rename: a crash or a concurrent process never sees half a file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file in the same directory, then rename over the target.
+
+    A process killed mid-write (SIGKILL, power loss) leaves the previous checkpoint intact plus at most a
+    stray `.tmp` file; it never leaves a truncated `last.ckpt` or best checkpoint.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # ~40 KB here; serialising first keeps the file write a single step
+        atomic_write_bytes(buffer.getvalue(), Path(path))
+
+
+def load_checkpoint_safely(path: Path) -> dict:
+    """Load with `weights_only=True` (tensors and plain containers only: a crafted pickle cannot run code),
+    and turn every failure into a message that says what is wrong with the file."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains Python objects other than tensors and plain data, which "
+                "could run arbitrary code when unpickled (loaded with weights_only=True). Only use checkpoints "
+                "written by this project, from a source you trust."
+            ) from e
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:120]}); it is truncated or not "
+            "a .ckpt file. Use another checkpoint of the run (e.g. last.ckpt) or retrain."
+        ) from e
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt from `fit`.")
+    return checkpoint
+
+
+def check_fits_model(checkpoint: dict, path: Path, model: torch.nn.Module) -> None:
+    """Every tensor the model has is in the checkpoint, with the same shape."""
+    state = checkpoint["state_dict"]
+    for name, expected in model.state_dict().items():
+        found = state.get(name)
+        if found is None or found.shape != expected.shape:
+            got = "missing" if found is None else f"shape {tuple(found.shape)}"
+            raise CheckpointError(
+                f"{path} does not fit this model: {name} is {got}, expected shape {tuple(expected.shape)}. "
+                "Run with the config the checkpoint was trained with (its run directory holds config.yaml)."
+            )
+
+
+def find_run_checkpoint(root: Path, which: str) -> Path:
+    """The `last.ckpt` or best checkpoint of the newest run under `root` (e.g. logs/fashion_mnist)."""
+    runs = [d for d in root.glob("*") if (d / "checkpoints" / "last.ckpt").is_file()] if root.is_dir() else []
+    if not runs:
+        raise CheckpointError(
+            f"no run with checkpoints under {root}: train first (`python -m lit_softmax fit --config ...`) "
+            "or pass `--ckpt_path path/to/file.ckpt`."
+        )
+    run = max(runs, key=lambda d: (d / "checkpoints" / "last.ckpt").stat().st_mtime)
+    last = run / "checkpoints" / "last.ckpt"
+    if which == "last":
+        return last
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        best = next(s["best_model_path"] for k, s in state["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    except Exception as e:
+        raise CheckpointError(f"cannot read the best checkpoint's name from {last} ({e}); pass its path.") from e
+    best = run / "checkpoints" / Path(best).name  # the run directory may have moved since
+    if not best.is_file():
+        raise CheckpointError(f"{last} names best checkpoint {best}, which does not exist; pass a path instead.")
+    return best
+
+
+def claim_version_dir(root: Path) -> int:
+    """Create `root/version_N` for the smallest free N >= every existing version, and return N.
+
+    `mkdir` is atomic, so two runs started at the same moment never pick the same directory (listing the
+    directory and taking max + 1, as the loggers do by default, lets both pick it).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(d.name.split("_", 1)[1]) for d in root.glob("version_*") if d.name.split("_", 1)[1].isdigit()]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
