@@ -45,11 +45,20 @@ class GracefulInterrupt(L.Callback):
 
     SIGTERM is Lightning's own: it sets `trainer.received_sigterm` and raises `SIGTERMException` after the step.
     SIGINT (Ctrl-C) would otherwise raise KeyboardInterrupt wherever Python happens to be; here it only sets a
-    flag, and the end of the current step raises `TrainingInterrupted`. Either way `on_exception` saves the
-    checkpoint, and `fit --ckpt_path last` continues exactly where training stopped.
+    flag, and the end of a step raises `TrainingInterrupted`. Either way `on_exception` saves the checkpoint,
+    and `fit --ckpt_path last` continues exactly where training stopped.
+
+    With several processes, all must stop after the same step or the others wait forever in the next
+    all-reduce; they agree with one tiny collective every `sync_every_n_batches` batches, not every step.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync_every_n_batches: int = 10) -> None:
+        """
+        Args:
+            sync_every_n_batches: with several processes, how often they agree on stopping (a small all-reduce):
+                Ctrl-C takes effect within this many training batches.
+        """
+        self.sync_every_n_batches = max(1, sync_every_n_batches)
         self._signum: int | None = None
         self._previous = None
         self._batch = 0
@@ -72,7 +81,10 @@ class GracefulInterrupt(L.Callback):
         # after this batch: a resumed run starts with the next batch.
         self._batch = batch_idx + 1
         stop = self._signum is not None
-        if trainer.world_size > 1:  # every process must stop at the same step, or the others hang
+        if trainer.world_size > 1:
+            last = self._batch == trainer.num_training_batches
+            if self._batch % self.sync_every_n_batches and not last:
+                return  # every process has the same batch count, so they all reach the same agreement points
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
             raise TrainingInterrupted(self._signum or signal.SIGINT)
@@ -108,21 +120,53 @@ class GracefulInterrupt(L.Callback):
 
 
 class DivergenceGuard(L.Callback):
-    """Stops training at the first step whose loss is NaN/inf, before that step's backward and update.
+    """Stops training when the training loss becomes NaN or infinite, and never lets NaN weights be saved.
 
-    The weights at that point are the last good ones; the best checkpoint (by val/acc) and `last.ckpt` from
-    before are untouched, so no NaN weights are ever saved.
+    Every step's loss is checked on the device (no waiting); the host reads the result every
+    `check_every_n_batches` training batches, at the end of every epoch and before every checkpoint is
+    written. Checkpoints saved before the divergence (best and `last.ckpt`) stay untouched and finite.
     """
 
+    def __init__(self, check_every_n_batches: int = 10) -> None:
+        """
+        Args:
+            check_every_n_batches: how often the host looks at the device-side flag (each look waits for the
+                device, and with several processes is a small all-reduce, so every step would cost).
+        """
+        self.check_every_n_batches = max(1, check_every_n_batches)
+        self._nonfinite: Tensor | None = None  # on the device: has any loss since the last check been NaN/inf?
+        self._checked_step = 0  # the global step of the last check that found everything finite
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._nonfinite, self._checked_step = None, trainer.global_step
+
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
-        if bool(torch.isfinite(loss)):  # bool(): waits for the loss on a GPU (see README "Performance")
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad  # device ops, no sync
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.check_every_n_batches == 0:
+            self._check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._check(trainer, pl_module)  # called before the checkpoint is written: a NaN never reaches the disk
+
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        diverged = self._nonfinite is not None and bool(self._nonfinite)  # bool(): waits for the device
+        if trainer.world_size > 1:  # all processes stop together (their losses can turn NaN a step apart)
+            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if not diverged:
+            self._nonfinite, self._checked_step = None, trainer.global_step
             return
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        lr = pl_module.hparams.get("lr", trainer.optimizers[0].param_groups[0]["lr"])
         raise TrainingDiverged(
-            f"training diverged: the loss is {float(loss)} at epoch {trainer.current_epoch}, global step "
-            f"{trainer.global_step} (learning rate {lr:g}). Training stopped before applying this step; the "
-            "checkpoints already saved (best and last.ckpt) are untouched and finite. Lower the learning rate, "
-            f"e.g. `--model.lr {lr / 10:g}`."
+            f"training diverged: the training loss became NaN or infinite at epoch {trainer.current_epoch}, between "
+            f"global steps {self._checked_step} and {trainer.global_step}. Training stopped; checkpoints saved "
+            f"before (best and last.ckpt) are untouched and finite. Lower the learning rate (model.lr={lr:g}), "
+            f"e.g. `--model.lr {lr / 10:g}`, and start again."
         )
 
 

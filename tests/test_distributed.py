@@ -86,6 +86,41 @@ def test_ddp_two_processes_train_with_one_set_of_outputs(ddp_run) -> None:
     assert "world_size: 2" in hparams
 
 
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> Path:
+    """The same 3 epochs as `ddp_run`, in one process."""
+    need_real_data()
+    cwd = tmp_path_factory.mktemp("single")
+    fit = run_cli(
+        "fit", "--config", CONFIG, "--config", probe_config(cwd, cwd / "shards"), "--trainer.max_epochs", "3",
+        "--data.data_dir", real_data(cwd), cwd=cwd,
+    )  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    return cwd
+
+
+@pytest.mark.slow
+def test_one_config_trains_the_same_model_on_one_or_two_processes(ddp_run, single_run: Path) -> None:
+    """data.batch_size is the global batch: every optimizer step sees the same samples with 1 or 2 processes."""
+    one = json.loads((single_run / "shards" / "rank0.json").read_text())
+    two = read_shards(ddp_run[0] / "shards")
+    for epoch in map(str, range(3)):
+        steps = one["shares"][epoch]
+        assert len(steps) == len(two[0]["shares"][epoch]) == len(two[1]["shares"][epoch]) == 27
+        for step, batch in enumerate(steps):
+            halves = two[0]["shares"][epoch][step], two[1]["shares"][epoch][step]
+            assert halves[0] + halves[1] == batch, f"epoch {epoch} step {step}: another set of samples"
+            assert len(halves[0]) == len(halves[1])
+    runs = single_run / "logs" / "fashion_mnist" / "version_0", ddp_run[0] / "logs" / "fashion_mnist" / "version_0"
+    weights = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in runs]
+    for key in weights[0]:
+        difference = (weights[0][key] - weights[1][key]).abs().max().item()
+        assert difference <= 1e-4, f"{key} differs by {difference} (only summation order may differ)"
+    val = [scalars(r)["val/acc"] for r in runs]
+    assert len(val[0]) == len(val[1]) == 3
+    assert max(abs(a - b) for a, b in zip(*val)) <= 0.001  # within 0.1 point, every epoch
+
+
 @pytest.mark.slow
 def test_ddp_test_metrics_equal_single_process(default_run: Path, tmp_path: Path) -> None:
     """The same checkpoint scored by 2 processes and by 1: identical test/acc (no padded duplicates)."""
@@ -200,22 +235,7 @@ def test_gpu_configs_parse_and_validate(capsys, monkeypatch, name: str) -> None:
     assert resolved["model"]["init_args"]["lr"] == 0.4  # composed on top of the default
 
 
-# ---- data resident on the GPU ---------------------------------------------------------------------
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.mark.gpu
-@gpu
-def test_on_device_batches_come_from_gpu_memory(synthetic_dir: Path, tmp_path: Path) -> None:
-    dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, batch_size=32, download=False, on_device=True)
-    trainer = L.Trainer(accelerator="gpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False)
-    trainer.fit(SoftmaxRegression(lr=0.5), datamodule=dm)
-    assert dm.train_set.images.is_cuda
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.is_cuda  # straight from device memory: Lightning's transfer is a no-op
-    assert y.is_cuda
-
-
+# ---- data resident on the device (GPU tests: tests/test_gpu.py) ---------------------------------------
 def test_on_device_is_a_no_op_on_cpu(synthetic_dir: Path, tmp_path: Path) -> None:
     dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, download=False, on_device=True)
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,

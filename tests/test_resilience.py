@@ -188,12 +188,12 @@ def test_two_runs_of_one_config_started_together_get_separate_directories(tmp_pa
 def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path: Path) -> None:
     need_real_data()
     probe = tmp_path / "blow_up.yaml"
-    probe.write_text("trainer:\n  callbacks:\n    - class_path: probes.BlowUpAt\n      init_args:\n        epoch: 1\n")
+    probe.write_text("trainer:\n  callbacks+:\n    - class_path: probes.BlowUpAt\n      init_args:\n        epoch: 1\n")
     out = run_cli("fit", "--config", str(REPO / "configs/debug.yaml"), "--config", str(probe),
                   "--data.data_dir", real_data(tmp_path), cwd=tmp_path)  # fmt: skip
     assert out.returncode == 3, out.stderr[-3000:]
-    assert "training diverged: the loss is nan at epoch 1, global step" in out.stderr
-    assert "Lower the learning rate" in out.stderr
+    assert "training diverged: the training loss became NaN or infinite at epoch 1, between global steps" in out.stderr
+    assert "Lower the learning rate (model.lr=0.1), e.g. `--model.lr 0.01`" in out.stderr
     assert "Traceback" not in out.stderr
     checkpoints = list((tmp_path / "logs" / "debug" / "version_0" / "checkpoints").iterdir())
     assert len(checkpoints) == 2  # epoch 0's best and last, from before the divergence
@@ -299,3 +299,34 @@ def test_mid_epoch_resume_is_exact_with_a_cosine_schedule(synthetic_dir: Path, t
     resumed = fit(ckpt_path=ckpt)
     assert torch.equal(resumed.linear.weight, whole.linear.weight)
     assert torch.equal(resumed.linear.bias, whole.linear.bias)
+
+
+class SaveAt(L.Callback):
+    """Writes a checkpoint at the end of one global step, as `ModelCheckpoint(every_n_train_steps=...)` would."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def test_nan_weights_are_never_saved_even_between_checks(synthetic_dir: Path, tmp_path: Path) -> None:
+    """The guard looks rarely (here: not within the epoch); the check before each checkpoint write catches it."""
+    from probes import BlowUpAt
+
+    from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
+    from lit_softmax.callbacks import DivergenceGuard, TrainingDiverged
+
+    dm = FashionMNISTDataModule(data_dir=str(synthetic_dir), val_size=20, batch_size=16, download=False)
+    good, bad = tmp_path / "epoch0.ckpt", tmp_path / "step15.ckpt"
+    trainer = L.Trainer(
+        max_epochs=3, default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[DivergenceGuard(check_every_n_batches=1000), BlowUpAt(epoch=1), SaveAt(12, good), SaveAt(15, bad)],
+    )  # fmt: skip
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, between global steps 12 and 15"):
+        trainer.fit(SoftmaxRegression(), datamodule=dm)
+    assert not bad.exists(), "NaN weights were written"
+    assert all(torch.isfinite(t).all() for t in torch.load(good, weights_only=True)["state_dict"].values())
