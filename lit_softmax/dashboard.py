@@ -217,7 +217,8 @@ class TensorBoardDashboard(L.Callback):
         if writer is not None and draw:
             # The weights on standardised pixels: red pixels are evidence for the class, blue against it.
             add_picture(writer, "val/weight_templates", weight_templates(pl_module.linear.weight), trainer.global_step)
-        self._log_hp_metric(trainer, pl_module)
+        if draw:  # the HParams entry is rewritten as often as the pictures, the last validation included
+            self._log_hp_metric(trainer, pl_module)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = self._log_split(trainer, pl_module, "test", draw=True)
