@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/fashion_mnist.yaml
 SYSTEM_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data fit test test-fast lint bench clean
+.PHONY: setup data fit test test-fast test-lowest lint bench clean
 
 setup: $(VENV)/.installed data
 
@@ -37,6 +37,17 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
+# The fast suite against the lowest versions pyproject.toml allows (.ci/lowest.txt), in a second virtualenv.
+LOWEST := .venv-lowest
+$(LOWEST)/.installed: pyproject.toml .ci/lowest.txt
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python -m pip install --quiet -c .ci/lowest.txt -e '.[dev]'
+	touch $@
+
+test-lowest: $(LOWEST)/.installed data
+	$(LOWEST)/bin/python -m pytest -m "not slow"
+
 bench: setup
 	$(PY) benchmarks/bench.py
 
@@ -45,4 +56,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check lit_softmax tests benchmarks
 
 clean:
-	rm -rf logs/*/ data/FashionMNIST .pytest_cache
+	rm -rf logs/*/ logs/mlflow.db data/FashionMNIST .pytest_cache

@@ -20,11 +20,14 @@ import importlib
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_only
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_softmax.callbacks import (
@@ -32,22 +35,53 @@ from lit_softmax.callbacks import (
     CSVPredictionWriter,
     DivergenceGuard,
     GracefulInterrupt,
+    LearningRateMonitor,
+    RunCheckpoint,
     TrainingInterrupted,
 )
 from lit_softmax.checkpoints import check_fits_model, claim_version_dir, find_run_checkpoint, load_checkpoint_safely
 from lit_softmax.dashboard import TensorBoardDashboard
 from lit_softmax.data import FashionMNISTDataModule
-from lit_softmax.errors import CheckpointError, LitSoftmaxError
+from lit_softmax.errors import CheckpointError, ConfigError, LitSoftmaxError
 from lit_softmax.model import SoftmaxRegression
 
 # The run directory the launching process claimed, handed to the processes Lightning's DDP launcher starts.
 RUN_VERSION_ENV = "LIT_SOFTMAX_RUN_VERSION"
 
 
+class RunConfig(SaveConfigCallback):
+    """Lightning's SaveConfigCallback, for any logger: config.yaml goes into the run directory (the logger's,
+    or the Trainer's root directory when the logger has none, as MLflow's), and to MLflow as an artifact."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts rank 0's directory: a collective, so every rank asks, here, not in
+        # save_config (rank 0 only, where it would pair with another broadcast and desynchronise the ranks).
+        self._run = Path(trainer.log_dir or trainer.default_root_dir)
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        run = self._run
+        path = run / self.config_filename
+        if path.exists() and not self.overwrite:
+            raise ConfigError(f"{path} already exists: this run directory belongs to another run. Start a new one.")
+        run.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # skip_none=False keeps explicit nulls, as Lightning's own SaveConfigCallback does; jsonargparse >= 4.49
+            # calls the argument deprecated, but its replacement does not exist in the older releases we support.
+            warnings.filterwarnings("ignore", message="(?s).*skip_none")
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path))
+
+
 class SoftmaxCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         self.claimed_run: Path | None = None  # logs/<name>/version_N, when this process created it
-        self._pinned = None
+        self._pinned: list | None = None  # (config namespace, key) set to this run's directory, see below
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
@@ -78,7 +112,7 @@ class SoftmaxCLI(LightningCLI):
         )
         # Always-on callbacks get their own config section (`checkpoint.*`, `lr_monitor.*`), so a config
         # that lists extra `trainer.callbacks` cannot silently drop them.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -123,7 +157,20 @@ class SoftmaxCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+        logger = config["trainer"].get("logger")
+        if getattr(logger, "class_path", "").endswith("MLFlowLogger") and not logger.init_args.get("tracking_uri"):
+            # MLflow 3 refuses its file store; a SQLite file next to the other runs is the local default.
+            save_dir = Path(logger.init_args.get("save_dir") or "logs")
+            save_dir.mkdir(parents=True, exist_ok=True)
+            logger.init_args.tracking_uri = f"sqlite:///{save_dir.resolve() / 'mlflow.db'}"
+            if logger.init_args.get("artifact_location") is None:
+                logger.init_args.artifact_location = str((save_dir / "mlartifacts").resolve())
         self._pin_run_directory(config)
+        if config["trainer"].get("enable_checkpointing") is False and "checkpoint" in config:
+            # The `checkpoint` section always adds a ModelCheckpoint, which Lightning refuses next to
+            # enable_checkpointing=False; one that saves nothing is what the flag asks for.
+            config["checkpoint"]["save_top_k"], config["checkpoint"]["save_last"] = 0, False
+            config["trainer"]["enable_checkpointing"] = True
         if config["trainer"].get("enable_progress_bar") is False and config["trainer"].get("callbacks"):
             # A config may bring its own progress bar (configs/fashion_mnist.yaml redraws every 10th batch);
             # `--trainer.enable_progress_bar false` then means "no bar" rather than Lightning's conflict error.
@@ -132,36 +179,60 @@ class SoftmaxCLI(LightningCLI):
             ]
 
     def _pin_run_directory(self, config) -> None:
-        """Give the logger a `version_N` directory claimed atomically, so that two runs started together never
-        share one, and every DDP process Lightning launches writes into the same one."""
-        logger = config["trainer"].get("logger")
+        """Give the run a `version_N` directory claimed atomically, so that two runs started together never share
+        one, and every DDP process Lightning launches writes into the same one. TensorBoard and CSV loggers get it
+        as their version; without a logger, or with MLflow (whose runs live in its store), it becomes the
+        Trainer's root directory and the checkpoint directory's parent, and config.yaml goes there too."""
+        trainer = config["trainer"]
+        logger = trainer.get("logger")
         init_args = getattr(logger, "init_args", None)
-        if init_args is None or "version" not in init_args or init_args.version is not None:
-            return  # no logger, a logger without version directories, or a version the user chose
+        if init_args is not None and "version" in init_args:
+            if init_args.version is not None:
+                return  # a version the user chose
+            pins = [(init_args, "version")]
+        elif trainer.get("default_root_dir") is None:
+            pins = [(trainer, "default_root_dir")]
+            if "checkpoint" in config and config["checkpoint"].get("dirpath") is None:
+                pins.append((config["checkpoint"], "dirpath"))
+        else:
+            return  # the user chose where the run goes
         version = os.environ.get(RUN_VERSION_ENV)
         if version is None:
             if rank_zero_only.rank != 0:
-                return  # torchrun/SLURM ranks > 0 write no logs; Lightning broadcasts rank 0's directory
-            root = Path(init_args.save_dir) / (init_args.get("name") or "")
+                return  # torchrun/SLURM ranks > 0 write nothing; Lightning broadcasts rank 0's directories
+            root = runs_root(config)
             self._existed = next(p for p in (root, *root.parents) if p.exists())  # cleanup stops there
             version = str(claim_version_dir(root))
             self.claimed_run = root / f"version_{version}"
             os.environ[RUN_VERSION_ENV] = version  # inherited by the processes Lightning's DDP launcher starts
-        init_args.version = int(version)
-        self._pinned = init_args
+        run = runs_root(config) / f"version_{version}"
+        values = {"version": int(version), "default_root_dir": str(run), "dirpath": str(run / "checkpoints")}
+        for target, key in pins:
+            target[key] = values[key]
+        self._pinned = pins
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        # The logger has its directory now; config.yaml must not pin it, or `fit --config <run>/config.yaml`
+        # The run has its directory now; config.yaml must not pin it, or `fit --config <run>/config.yaml`
         # would try to write into the old run.
-        if getattr(self, "_pinned", None) is not None:
-            self._pinned.version = None
+        for target, key in self._pinned or []:
+            target[key] = None
 
     def after_fit(self) -> None:
-        if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+        trainer = self.trainer
+        if not self.config["fit"]["test_after_fit"] or trainer.interrupted:
+            return
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best and not trainer.fast_dev_run:
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best")
+            return
+        # fast_dev_run, max_epochs 0, no validation ran, checkpointing off: there is no best checkpoint.
+        rank_zero_info("test_after_fit: no best checkpoint in this run, so the final weights are tested.")
+        trainer.test(self.model, datamodule=self.datamodule)
 
     def before_fit(self) -> None:
+        if hasattr(self.datamodule, "per_process_batch_size"):  # before any process is launched: one message
+            self.datamodule.per_process_batch_size(self.trainer.world_size)
         self._check_fits_model("fit")
 
     def before_validate(self) -> None:
@@ -186,12 +257,16 @@ def _is_progress_bar(class_path: str) -> bool:
 
 
 def runs_root(config) -> Path:
-    """logs/<name> of the configured TensorBoard (or CSV) logger: where earlier runs of this config live."""
+    """Where the runs of this config live: logs/<name> of a TensorBoard or CSV logger, logs/<experiment_name> of
+    an MLflow logger, logs/unlogged without a logger."""
     logger = config["trainer"].get("logger")
+    if logger in (False, None):
+        return Path("logs") / "unlogged"
     init_args = getattr(logger, "init_args", None)
-    if init_args is None or getattr(init_args, "save_dir", None) is None:
-        raise CheckpointError("`best`/`last` need a logger to find earlier runs; pass the .ckpt path instead.")
-    return Path(init_args.save_dir) / (getattr(init_args, "name", None) or "")
+    if init_args is None:
+        raise CheckpointError("`best`/`last` need the logger's settings to find earlier runs; pass the .ckpt path.")
+    name = init_args.get("name") or init_args.get("experiment_name") or ""
+    return Path(init_args.get("save_dir") or "logs") / name
 
 
 # Defaults for every run; configs and the command line override them.
@@ -214,6 +289,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             seed_everything_default=42,
             trainer_defaults=TRAINER_DEFAULTS,
+            save_config_callback=RunConfig,
             args=args,
         )
     except SIGTERMException:

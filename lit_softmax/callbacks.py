@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch import callbacks
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -168,6 +169,37 @@ class DivergenceGuard(L.Callback):
             f"before (best and last.ckpt) are untouched and finite. Lower the learning rate (model.lr={lr:g}), "
             f"e.g. `--model.lr {lr / 10:g}`, and start again."
         )
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with `last.ckpt` written at the end of every training epoch.
+
+    Lightning (2.6) rewrites `last.ckpt` only when it also saves a top-k checkpoint, so after a run whose best
+    epoch was 36 of 40, `last.ckpt` held epoch 36 and `fit --ckpt_path last` retrained epochs 37-39. Here it is
+    the end of the latest epoch (validation included), so a crash loses at most the epoch under way.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.save_last and self.dirpath and not trainer.fast_dev_run and not trainer.sanity_checking:
+            trainer.save_checkpoint(last_checkpoint_path(trainer))
+
+
+class LearningRateMonitor(callbacks.LearningRateMonitor):
+    """Lightning's LearningRateMonitor, idle when the run has no logger (`--trainer.logger false`) instead of
+    stopping it with an error: there is nowhere to write the learning rate, and nothing else is lost."""
+
+    def on_train_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:

@@ -96,7 +96,7 @@ def find_run_checkpoint(root: Path, which: str) -> Path:
         return last
     try:
         state = torch.load(last, map_location="cpu", weights_only=True)
-        best = next(s["best_model_path"] for k, s in state["callbacks"].items() if k.startswith("ModelCheckpoint"))
+        best = next(s["best_model_path"] for s in state["callbacks"].values() if s.get("best_model_path"))
     except Exception as e:
         raise CheckpointError(f"cannot read the best checkpoint's name from {last} ({e}); pass its path.") from e
     best = run / "checkpoints" / Path(best).name  # the run directory may have moved since

@@ -110,4 +110,5 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "fit", "--config", str(REPO / "configs/fashion_mnist.yaml"), "--data.data_dir", real_data(cwd), cwd=cwd
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
+    (cwd / "fit_output.txt").write_text(fit.stdout + fit.stderr)
     return cwd / "logs" / "fashion_mnist" / "version_0"

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -38,20 +39,41 @@ def images(run_dir: Path) -> dict[str, list]:
     return {tag: events.Images(tag) for tag in events.Tags()["images"]}
 
 
-def test_renderers_draw_what_they_are_given() -> None:
+def rendered(figure) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())
+
+
+def test_figures_are_labelled_and_drawn() -> None:
     w = torch.zeros(10, 784)
-    w[3, :392] = 1.0  # top half of class 3 is positive evidence -> red pixels there
-    image = weight_templates(w)
-    assert image.mode == "RGB"
-    assert image.width > 5 * 28 * 4
+    w[3, :392] = 1.0
+    templates = weight_templates(w)
+    assert [t.get_text() for t in templates.axes[0].texts] == list(CLASSES)  # each heat map named
     counts = torch.diag(torch.full((10,), 100))
     counts[6, 0] = 100  # half the shirts called T-shirts
-    assert confusion_matrix(counts).size[0] > 300
+    matrix = confusion_matrix(counts)
+    ax = matrix.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(CLASSES)  # full names, "T-shirt/top" included
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(CLASSES)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted class", "true class")
+    assert "0.50" in [t.get_text() for t in ax.texts]  # the shirts' confusion is written in its cell
     bins = CalibrationBins()
     bins.update(torch.randn(1000, 10) * 3, torch.randint(0, 10, (1000,)))
-    assert reliability_diagram(bins.compute()).size == (300, 300)
+    diagram = reliability_diagram(bins.compute())
+    ax = diagram.axes[0]
+    assert ax.get_xlabel().startswith("confidence")
+    assert ax.get_ylabel() == "accuracy"
+    assert ax.get_title().startswith("ECE ")
     grid = misclassified_grid(torch.rand(9, 28, 28), torch.zeros(9), torch.ones(9))
-    assert grid.size[1] > 2 * 28 * 3  # 9 images -> 2 rows
+    captions = [t.get_text() for t in grid.axes[0].texts]
+    assert captions == [CLASSES[0], CLASSES[1]] * 9  # true over predicted, for each of the 9 images
+    for figure in (templates, matrix, diagram, grid):
+        pixels = rendered(figure)
+        assert min(pixels.shape[:2]) > 150
+        assert len(np.unique(pixels.reshape(-1, 4), axis=0)) > 20, "blank figure"
 
 
 def test_calibration_bins_give_torchmetrics_ece_and_add_up_across_batches() -> None:
@@ -84,15 +106,15 @@ def test_event_files_hold_every_dashboard(default_run: Path) -> None:
     # The test set is balanced (1,000 per class), so the mean per-class accuracy is the accuracy.
     assert sum(per_class) / 10 == pytest.approx(metrics["test/acc"][-1], abs=1e-6)
     assert min(per_class) == metrics["test/acc_per_class/Shirt"][-1]  # the famously hard class
-    drawn = len({*range(0, epochs, 10), epochs - 1})  # every 10th validation and the last (epochs 0, 10, ..., 39)
-    assert len(metrics["val/acc_per_class/Trouser"]) == drawn
+    assert len(metrics["val/ece"]) == epochs
+    assert len(metrics["val/acc_per_class/Trouser"]) == 1  # figures and per-class accuracy: the last validation
 
     logged = images(default_run)
-    assert len(logged["val/weight_templates"]) == drawn
+    assert [image.step for image in logged["val/weight_templates"]] == [epochs * 27]
     for tag in ("val/confusion_matrix", "val/reliability_diagram", "test/confusion_matrix",
                 "test/reliability_diagram", "test/misclassified"):  # fmt: skip
         picture = Image.open(io.BytesIO(logged[tag][-1].encoded_image_string))
-        assert picture.size[0] > 200, tag
+        assert picture.size[0] > 400, tag
         assert len(set(picture.convert("L").getdata())) > 10, f"{tag} is blank"
 
 

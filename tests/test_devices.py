@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.plugins import Precision
 from torch.overrides import TorchFunctionMode
 
 from lit_softmax import FashionMNISTDataModule
@@ -47,7 +48,8 @@ class DeviceMixGuard(TorchFunctionMode):
 def trainer_on(device: str, training: bool = True, world_size: int = 1, rank: int = 0):
     """The few Trainer attributes the DataModule reads, with its root device where `on_device` puts the data."""
     strategy = SimpleNamespace(root_device=torch.device(device))
-    return SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy, training=training, loggers=[])
+    return SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy, training=training, loggers=[],
+                           precision_plugin=Precision())  # fmt: skip
 
 
 def every_batch(dm) -> list:

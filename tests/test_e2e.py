@@ -37,3 +37,15 @@ def test_default_config_reaches_target_accuracy(default_run: Path) -> None:
         predictions = model(dm.test_set.images.float() / 255).argmax(1)
     assert len(predictions) == 10000
     assert (predictions == dm.test_set.labels).float().mean().item() == pytest.approx(test_acc, abs=1e-6)
+
+
+# Library warnings a default `fit` still prints, each explained in the README ("Warnings").
+KNOWN_LIBRARY_WARNINGS = ("`isinstance(treespec, LeafSpec)` is deprecated",)
+
+
+@pytest.mark.slow
+def test_default_fit_prints_no_warning_of_this_projects_making(default_run: Path) -> None:
+    output = (default_run.parents[2] / "fit_output.txt").read_text()
+    warnings = [line for line in output.splitlines() if "warn" in line.lower() or "deprecat" in line.lower()]
+    unexplained = [line for line in warnings if not any(known in line for known in KNOWN_LIBRARY_WARNINGS)]
+    assert unexplained == []

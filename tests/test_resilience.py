@@ -222,7 +222,15 @@ def _rewrite(d: Path, name: str, mangle) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing-offline", "truncated-gz", "wrong-magic", "label-out-of-range", "wrong-count"],
+    [
+        "missing-offline",
+        "truncated-gz",
+        "wrong-magic",
+        "label-out-of-range",
+        "wrong-count",
+        "test-images-corrupt",
+        "test-labels-wrong",
+    ],
 )
 def test_bad_data_exits_nonzero_with_one_message_and_no_run_left(
     case: str, synthetic_dir: Path, tmp_path: Path, monkeypatch, capsys
@@ -244,9 +252,15 @@ def test_bad_data_exits_nonzero_with_one_message_and_no_run_left(
     elif case == "label-out-of-range":
         _rewrite(data_dir, "train-labels-idx1-ubyte", lambda raw: raw[:-1] + b"\x0b")
         message = r"train-labels-idx1-ubyte has label 11, expected labels in 0\.\.9"
-    else:
+    elif case == "wrong-count":
         _rewrite(data_dir, "train-images-idx3-ubyte", lambda raw: raw[: -784 * 5])
         message = r"train-images-idx3-ubyte is not a valid IDX file"  # the header promises 5 more images
+    elif case == "test-images-corrupt":  # `fit` without a test still checks the test files, before training
+        _rewrite(data_dir, "t10k-images-idx3-ubyte", lambda raw: b"\x00\x00\x99\x03" + raw[4:])
+        message = r"t10k-images-idx3-ubyte is not a valid IDX file"
+    else:
+        _rewrite(data_dir, "t10k-labels-idx1-ubyte", lambda raw: raw[:-1] + bytes([(raw[-1] + 1) % 10]))
+        message = r"t10k-labels-idx1-ubyte has class counts"
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", str(REPO / "configs/debug.yaml"), "--data.data_dir", str(data_dir),
