@@ -277,16 +277,18 @@ class _Stop(Exception):
     pass
 
 
-class SaveAndStopAt(L.Callback):
-    """Saves a checkpoint at the end of global step `step` and stops the run there, as an interrupt does."""
+class SaveAt(L.Callback):
+    """Writes a checkpoint at the end of one global step, as `ModelCheckpoint(every_n_train_steps=...)` would,
+    and with `stop=True` ends the run there, as an interrupt does."""
 
-    def __init__(self, step: int, path: Path) -> None:
-        self.step, self.path = step, path
+    def __init__(self, step: int, path: Path, stop: bool = False) -> None:
+        self.step, self.path, self.stop = step, path, stop
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
-            raise _Stop
+            if self.stop:
+                raise _Stop
 
 
 @pytest.mark.parametrize("step", [5, 12, 17])  # mid-epoch 0, the end of epoch 0, mid-epoch 1 (12 steps an epoch)
@@ -309,21 +311,10 @@ def test_mid_epoch_resume_is_exact_with_a_cosine_schedule(synthetic_dir: Path, t
     whole = fit()
     ckpt = tmp_path / "stopped.ckpt"
     with pytest.raises(_Stop):
-        fit(SaveAndStopAt(step, ckpt))
+        fit(SaveAt(step, ckpt, stop=True))
     resumed = fit(ckpt_path=ckpt)
     assert torch.equal(resumed.linear.weight, whole.linear.weight)
     assert torch.equal(resumed.linear.bias, whole.linear.bias)
-
-
-class SaveAt(L.Callback):
-    """Writes a checkpoint at the end of one global step, as `ModelCheckpoint(every_n_train_steps=...)` would."""
-
-    def __init__(self, step: int, path: Path) -> None:
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path)
 
 
 def test_nan_weights_are_never_saved_even_between_checks(synthetic_dir: Path, tmp_path: Path) -> None:
