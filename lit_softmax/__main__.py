@@ -66,7 +66,10 @@ class RunConfig(SaveConfigCallback):
         run = self._run
         path = run / self.config_filename
         if path.exists() and not self.overwrite:
-            raise ConfigError(f"{path} already exists: this run directory belongs to another run. Start a new one.")
+            raise ConfigError(
+                f"{path} already exists: this run directory belongs to another run, which is left as it is. "
+                "Choose another `--trainer.logger.version`, or leave it unset for a fresh `version_N`."
+            )
         run.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             # skip_none=False keeps explicit nulls, as Lightning's own SaveConfigCallback does; jsonargparse >= 4.49

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from lit_softmax.checkpoints import atomic_write_bytes
-from lit_softmax.errors import LitSoftmaxError
+from lit_softmax.errors import ConfigError, LitSoftmaxError
 from lit_softmax.fashion_mnist import CLASSES
 
 # Exit codes of an interrupted `fit` (documented in the README): the shell convention 128 + signal number.
@@ -59,7 +59,9 @@ class GracefulInterrupt(L.Callback):
             sync_every_n_batches: with several processes, how often they agree on stopping (a small all-reduce):
                 Ctrl-C takes effect within this many training batches.
         """
-        self.sync_every_n_batches = max(1, sync_every_n_batches)
+        if sync_every_n_batches < 1:
+            raise ConfigError(f"interrupt.sync_every_n_batches must be >= 1, got {sync_every_n_batches}; e.g. 10.")
+        self.sync_every_n_batches = sync_every_n_batches
         self._signum: int | None = None
         self._previous = None
         self._batch = 0
@@ -98,7 +100,7 @@ class GracefulInterrupt(L.Callback):
         else:
             return
         path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: training resumes from it
         message = (
             f"Interrupted by {signal.Signals(signum).name} at epoch {trainer.current_epoch}, after batch "
             f"{self._batch} of {trainer.num_training_batches} (global step {trainer.global_step}). Saved {path}.\n"
@@ -134,7 +136,11 @@ class DivergenceGuard(L.Callback):
             check_every_n_batches: how often the host looks at the device-side flag (each look waits for the
                 device, and with several processes is a small all-reduce, so every step would cost).
         """
-        self.check_every_n_batches = max(1, check_every_n_batches)
+        if check_every_n_batches < 1:
+            raise ConfigError(
+                f"divergence_guard.check_every_n_batches must be >= 1, got {check_every_n_batches}; e.g. 10."
+            )
+        self.check_every_n_batches = check_every_n_batches
         self._nonfinite: Tensor | None = None  # on the device: has any loss since the last check been NaN/inf?
         self._checked_step = 0  # the global step of the last check that found everything finite
 
@@ -182,7 +188,7 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self.save_last and self.dirpath and not trainer.fast_dev_run and not trainer.sanity_checking:
-            trainer.save_checkpoint(last_checkpoint_path(trainer))
+            trainer.save_checkpoint(last_checkpoint_path(trainer), weights_only=False)  # all of it, to resume
 
 
 class LearningRateMonitor(callbacks.LearningRateMonitor):

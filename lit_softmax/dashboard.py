@@ -18,6 +18,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from lit_softmax.errors import ConfigError
 from lit_softmax.fashion_mnist import CLASSES
 
 
@@ -173,6 +174,11 @@ class TensorBoardDashboard(L.Callback):
             misclassified: how many misclassified test images to show (0 turns the grid off).
             n_bins: confidence bins of the reliability diagram and ECE.
         """
+        for name, value in (("every_n_val_epochs", every_n_val_epochs), ("misclassified", misclassified)):
+            if value < 0:
+                raise ConfigError(f"dashboard.{name} must be >= 0, got {value} (0 turns it off).")
+        if n_bins < 1:
+            raise ConfigError(f"dashboard.n_bins must be >= 1, got {n_bins}; e.g. 15.")
         self.figures = figures
         self.every_n_val_epochs = every_n_val_epochs
         self.misclassified = misclassified

@@ -235,13 +235,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.val_set = InMemoryDataset(images[val_idx].contiguous(), labels[val_idx])
         if self.test_set is None:
             self.test_set = InMemoryDataset(*fashion_mnist.load_split(hp.data_dir, "test", hp.download))
-        self.predict_set = self.predict_set or self.test_set
+        if self.predict_set is None:
+            self.predict_set = self.test_set
         if hp.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device  # known here: the strategy set up its device before setup()
+            moved: dict[int, InMemoryDataset] = {}  # predict_set is usually test_set: one copy on the device
             for name in ("train_set", "val_set", "test_set", "predict_set"):
                 dataset = getattr(self, name)
                 if dataset is not None and dataset.images.device != device:
-                    setattr(self, name, dataset.to(device))
+                    setattr(self, name, moved.setdefault(id(dataset), dataset.to(device)))
 
     def normalization_stats(self, per_pixel: bool = True) -> tuple[Tensor, Tensor]:
         """Mean and std (784,) of the training split, in [0, 1] units: one per pixel, or one over all pixels

@@ -104,6 +104,9 @@ def test_defaults_are_the_classes_signatures(capsys) -> None:
             ],
             r"data.steps_per_call must be >= 1, got 0",
         ),
+        (["--interrupt.sync_every_n_batches", "0"], r"interrupt.sync_every_n_batches must be >= 1, got 0"),
+        (["--divergence_guard.check_every_n_batches", "0"], r"divergence_guard.check_every_n_batches must be >= 1"),
+        (["--dashboard.every_n_val_epochs", "-1"], r"dashboard.every_n_val_epochs must be >= 0, got -1"),
     ],
     ids=[
         "batch-size-0",
@@ -113,6 +116,9 @@ def test_defaults_are_the_classes_signatures(capsys) -> None:
         "wrong-type",
         "bad-choice",
         "group-0",
+        "interrupt-sync-0",
+        "divergence-check-0",
+        "dashboard-negative",
     ],
 )
 def test_bad_values_fail_before_training(capsys, tmp_path: Path, monkeypatch, args: list[str], message: str) -> None:

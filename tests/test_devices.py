@@ -73,6 +73,7 @@ def test_every_loader_stays_on_the_datas_device(synthetic_dir: Path, world: int,
     dm.setup("test")
     dm.setup("predict")
     assert dm.train_set.images.device.type == "meta"  # the on_device path moved them, once
+    assert dm.predict_set is dm.test_set  # one copy of the test split on the device, not two
     with DeviceMixGuard():
         batches = every_batch(dm)
     leaves = [t for batch in batches for t in tensors(batch)]

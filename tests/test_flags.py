@@ -146,3 +146,16 @@ def test_three_cpu_processes_train_when_the_batch_divides(tmp_path: Path) -> Non
                   "--trainer.limit_train_batches", "6", cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "global batch 66 = 22 per process x 3 processes" in out.stdout + out.stderr
+
+
+def test_a_chosen_run_directory_is_never_overwritten(cli, tmp_path: Path, capsys) -> None:
+    cli("--trainer.logger.version", "mine")
+    config = tmp_path / "logs" / "debug" / "mine" / "config.yaml"
+    before = config.read_text()
+    with pytest.raises(SystemExit) as info:
+        cli("--trainer.logger.version", "mine", "--model.lr", "0.05")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "logs/debug/mine/config.yaml already exists: this run directory belongs to another run" in err
+    assert "Choose another `--trainer.logger.version`" in err
+    assert config.read_text() == before  # the first run's config is kept
