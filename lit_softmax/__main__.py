@@ -17,6 +17,7 @@ tensorboard --logdir logs
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import shutil
 import sys
@@ -43,6 +44,7 @@ from lit_softmax.checkpoints import check_fits_model, claim_version_dir, find_ru
 from lit_softmax.dashboard import TensorBoardDashboard
 from lit_softmax.data import FashionMNISTDataModule
 from lit_softmax.errors import CheckpointError, ConfigError, LitSoftmaxError
+from lit_softmax.fashion_mnist import CLASSES
 from lit_softmax.model import SoftmaxRegression
 
 # The run directory the launching process claimed, handed to the processes Lightning's DDP launcher starts.
@@ -55,6 +57,7 @@ class RunConfig(SaveConfigCallback):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+        self.resumed_run: Path | None = None  # set by the CLI for `fit --ckpt_path` into an existing run
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # trainer.log_dir broadcasts rank 0's directory: a collective, so every rank asks, here, not in
@@ -65,7 +68,10 @@ class RunConfig(SaveConfigCallback):
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         run = self._run
         path = run / self.config_filename
-        if path.exists() and not self.overwrite:
+        if path.exists() and stage == "fit" and self.resumed_run == run.resolve():
+            # A resumed run: config.yaml stays what the run started with; each resume adds its own next to it.
+            path = next(p for k in itertools.count(1) if not (p := run / f"config.resume{k}.yaml").exists())
+        elif path.exists() and not self.overwrite:
             raise ConfigError(
                 f"{path} already exists: this run directory belongs to another run, which is left as it is. "
                 "Choose another `--trainer.logger.version`, or leave it unset for a fresh `version_N`."
@@ -84,6 +90,8 @@ class RunConfig(SaveConfigCallback):
 class SoftmaxCLI(LightningCLI):
     def __init__(self, *args, **kwargs) -> None:
         self.claimed_run: Path | None = None  # logs/<name>/version_N, when this process created it
+        self._resume_run: Path | None = None  # the run directory `fit --ckpt_path` continues
+        self._user_lr: float | None = None
         self._pinned: list | None = None  # (config namespace, key) set to this run's directory, see below
         try:
             super().__init__(*args, **kwargs)
@@ -94,8 +102,9 @@ class SoftmaxCLI(LightningCLI):
                 shutil.rmtree(self.claimed_run, ignore_errors=True)
             raise
         finally:
-            if self.claimed_run is not None:
+            if self.claimed_run is not None or self._resume_run is not None:
                 os.environ.pop(RUN_VERSION_ENV, None)
+            if self.claimed_run is not None:
                 # Claimed but never written to (fast_dev_run logs nothing, a bad value stopped the run): remove it
                 # and the parents this run created, so a failed command leaves no trace.
                 for directory in (self.claimed_run, *self.claimed_run.parents):
@@ -142,14 +151,17 @@ class SoftmaxCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand and self.config[subcommand].get("ckpt_path") is not None:
             self._resolve_ckpt_path(self.config[subcommand], subcommand)
+            # LightningCLI next replaces the model's settings with the checkpoint's; a new lr must survive that.
+            self._user_lr = self.config[subcommand]["model"].init_args.get("lr")
 
     def _resolve_ckpt_path(self, config, subcommand: str) -> None:
-        """`best`/`last` mean "of the newest earlier run of this config", not of this fresh process."""
+        """`best`/`last` mean "of the newest earlier run of this recipe", not of this fresh process."""
         ckpt_path = config["ckpt_path"]
         if ckpt_path in ("best", "last"):
             if subcommand == "fit" and ckpt_path == "best":
                 raise CheckpointError("fit --ckpt_path best is not supported; resume with `--ckpt_path last`.")
-            config["ckpt_path"] = str(find_run_checkpoint(runs_root(config), ckpt_path))
+            path = find_run_checkpoint(runs_root(config), ckpt_path, lambda c: recipe_differences(c, config))
+            config["ckpt_path"] = str(path)
         elif not Path(ckpt_path).is_file():
             raise CheckpointError(
                 f"checkpoint {ckpt_path} does not exist. Pass the path of a .ckpt file, or `best`/`last` "
@@ -157,9 +169,22 @@ class SoftmaxCLI(LightningCLI):
             )
         # Checked once here; the model's shape is compared in before_<subcommand>, once it exists.
         self._checkpoint = load_checkpoint_safely(Path(config["ckpt_path"]))
+        if subcommand != "fit":
+            return
+        if differences := recipe_differences(self._checkpoint, config):
+            raise CheckpointError(
+                f"cannot resume {config['ckpt_path']} with these settings: {'; '.join(differences)}. A resumed run "
+                "keeps the model and data settings it was trained with (only model.lr and trainer settings such "
+                "as max_epochs may change): drop those overrides, or start a new run without --ckpt_path."
+            )
+        run = Path(config["ckpt_path"]).resolve().parent.parent
+        if (run / "config.yaml").is_file() and run.parent == runs_root(config).resolve():
+            self._resume_run = run  # fit goes on in this run's directory (see _pin_run_directory)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+        if self._user_lr is not None:  # the model's on_load_checkpoint moves the optimizer state to it
+            config["model"].init_args.lr = self._user_lr
         logger = config["trainer"].get("logger")
         if getattr(logger, "class_path", "").endswith("MLFlowLogger") and not logger.init_args.get("tracking_uri"):
             # MLflow 3 refuses its file store; a SQLite file next to the other runs is the local default.
@@ -200,6 +225,13 @@ class SoftmaxCLI(LightningCLI):
         else:
             return  # the user chose where the run goes
         version = os.environ.get(RUN_VERSION_ENV)
+        if version is None and self._resume_run is not None and self._resume_run.name.startswith("version_"):
+            version = self._resume_run.name.split("_", 1)[1]
+            os.environ[RUN_VERSION_ENV] = version  # for the processes Lightning's DDP launcher starts
+            if pins[0][1] == "version" and getattr(logger, "class_path", "").endswith("TensorBoardLogger"):
+                # Events the interrupted run logged after its checkpoint are hidden, so the curves continue
+                # without a doubled stretch (TensorBoard's SummaryWriter purge_step).
+                logger["dict_kwargs"] = {"purge_step": self._checkpoint["global_step"] + 1}
         if version is None:
             if rank_zero_only.rank != 0:
                 return  # torchrun/SLURM ranks > 0 write nothing; Lightning broadcasts rank 0's directories
@@ -216,6 +248,11 @@ class SoftmaxCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunConfig):
+                callback.resumed_run = self._resume_run
+        if self._resume_run is not None:  # the run's own checkpoints are there: expected, not worth a warning
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         # The run has its directory now; config.yaml must not pin it, or `fit --config <run>/config.yaml`
         # would try to write into the old run.
         for target, key in self._pinned or []:
@@ -237,6 +274,14 @@ class SoftmaxCLI(LightningCLI):
         if hasattr(self.datamodule, "per_process_batch_size"):  # before any process is launched: one message
             self.datamodule.per_process_batch_size(self.trainer.world_size)
         self._check_fits_model("fit")
+        ckpt_path, max_epochs = self.config_init["fit"].get("ckpt_path"), self.trainer.max_epochs
+        # Lightning's own rule (a traceback otherwise): the checkpoint's epoch counter may not exceed max_epochs.
+        if ckpt_path is not None and max_epochs not in (None, -1) and self._checkpoint["epoch"] > max_epochs:
+            epoch = self._checkpoint["epoch"]
+            raise ConfigError(
+                f"--trainer.max_epochs {max_epochs} ends before {ckpt_path}, which was saved at epoch {epoch}: "
+                f"resume with `--trainer.max_epochs {epoch}` or more (more epochs than before train further)."
+            )
 
     def before_validate(self) -> None:
         self._check_fits_model("validate")
@@ -248,6 +293,12 @@ class SoftmaxCLI(LightningCLI):
         self._check_fits_model("predict")
 
     def _check_fits_model(self, subcommand: str) -> None:
+        num_classes = self.model.hparams.get("num_classes", len(CLASSES))
+        if num_classes != len(CLASSES):
+            raise ConfigError(
+                f"model.num_classes={num_classes}, but Fashion-MNIST has {len(CLASSES)} classes (labels 0-9, "
+                f"{', '.join(CLASSES)}): leave model.num_classes at {len(CLASSES)}."
+            )
         ckpt_path = self.config_init[subcommand].get("ckpt_path")
         if ckpt_path is not None:
             check_fits_model(self._checkpoint, Path(ckpt_path), self.model)
@@ -257,6 +308,33 @@ def _is_progress_bar(class_path: str) -> bool:
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name, None) if module else None
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
+
+
+# What makes a recipe: a run resumed or evaluated with `best`/`last` must have been trained with the same values.
+# model.lr may change on resume (SoftmaxRegression.on_load_checkpoint moves the optimizer state to the new value).
+RESUMABLE_MODEL_KEYS = ("lr",)
+RECIPE_DATA_KEYS = ("batch_size", "val_size", "split_seed")
+
+
+def recipe_differences(checkpoint: dict, config) -> list[str]:
+    """The settings in `config` that differ from those `checkpoint` was trained with, as "key: there, here"."""
+    differences = []
+    for section, saved, keys in (
+        ("model", checkpoint.get("hyper_parameters") or {}, None),
+        ("data", checkpoint.get("datamodule_hyper_parameters") or {}, RECIPE_DATA_KEYS),
+    ):
+        here = config[section]
+        saved_class, class_path = saved.get("_class_path"), getattr(here, "class_path", None)
+        if saved_class and class_path and saved_class.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:
+            differences.append(f"{section} class {saved_class} in the checkpoint, {class_path} here")
+            continue
+        init_args = getattr(here, "init_args", None) or {}
+        for key, value in saved.items():
+            if key.startswith("_") or (keys is not None and key not in keys) or key in RESUMABLE_MODEL_KEYS:
+                continue
+            if key in init_args and init_args[key] != value:
+                differences.append(f"{section}.{key} is {value!r} in the checkpoint, {init_args[key]!r} here")
+    return differences
 
 
 def runs_root(config) -> Path:

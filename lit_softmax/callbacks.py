@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -27,7 +29,7 @@ EXIT_DIVERGED = 3
 
 
 class TrainingInterrupted(LitSoftmaxError):
-    """Training stopped at a step boundary after SIGINT (Ctrl-C) or SIGTERM; a checkpoint was saved."""
+    """A stage stopped at a batch boundary after SIGINT (Ctrl-C) or SIGTERM; `fit` saved a checkpoint first."""
 
     def __init__(self, signum: int, message: str = "") -> None:
         super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
@@ -42,84 +44,141 @@ class TrainingDiverged(LitSoftmaxError):
 
 
 class GracefulInterrupt(L.Callback):
-    """On SIGINT/SIGTERM: finish the current step, save `last.ckpt` (mid-epoch included), and exit.
+    """On SIGINT (Ctrl-C) or SIGTERM (`kill`, SLURM, torchrun): stop at a batch boundary; in `fit`, save
+    `last.ckpt` (mid-epoch included) so that `fit --ckpt_path last` continues exactly; exit 130 / 143.
 
-    SIGTERM is Lightning's own: it sets `trainer.received_sigterm` and raises `SIGTERMException` after the step.
-    SIGINT (Ctrl-C) would otherwise raise KeyboardInterrupt wherever Python happens to be; here it only sets a
-    flag, and the end of a step raises `TrainingInterrupted`. Either way `on_exception` saves the checkpoint,
-    and `fit --ckpt_path last` continues exactly where training stopped.
+    The signal handler only records the signal; the stop happens in the hooks below, at points where every
+    process is (a batch end), never inside whatever the process was doing when the signal came. Lightning's own
+    SIGTERM handler is replaced while a loop runs: under DDP it runs a collective *inside the handler* (Lightning
+    2.6), which pairs with whatever collective the other processes are in and hangs them all. Lightning installs
+    its handlers just before a stage's loop starts and restores the previous ones when the stage ends, so ours go
+    in at the loop's first hook and Lightning's restore removes them.
 
-    With several processes, all must stop after the same step or the others wait forever in the next
-    all-reduce; they agree with one tiny collective every `sync_every_n_batches` batches, not every step.
+    With several processes, the signal may reach all of them (SLURM, torchrun, a process group) or one: they
+    agree with one small all-reduce every `sync_every_n_batches` training batches (the same batches on every
+    process), so all stop after the same step. Validation/test/predict batches can differ in number between
+    processes, so there they agree once, at the end of the epoch.
     """
 
     def __init__(self, sync_every_n_batches: int = 10) -> None:
         """
         Args:
             sync_every_n_batches: with several processes, how often they agree on stopping (a small all-reduce):
-                Ctrl-C takes effect within this many training batches.
+                a signal takes effect within this many training batches.
         """
         if sync_every_n_batches < 1:
             raise ConfigError(f"interrupt.sync_every_n_batches must be >= 1, got {sync_every_n_batches}; e.g. 10.")
         self.sync_every_n_batches = sync_every_n_batches
-        self._signum: int | None = None
-        self._previous = None
+        self._signum = 0  # the signal received, 0 for none
+        self._rank = ""
         self._batch = 0
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._signum = None
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._rank = f"[rank {trainer.global_rank}] " if trainer.world_size > 1 else ""
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self._signum is not None:  # second Ctrl-C: the user really wants out
-            raise KeyboardInterrupt
-        self._signum = signum
-        rank_zero_info("\nCtrl-C: stopping after this step and saving a checkpoint (press again to abort) ...")
+    # The first hook of each loop: Lightning has installed its handlers by then (see the class docstring).
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_signals()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_signals()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_signals()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_signals()
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_signals()
+
+    def _take_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread; leave them alone
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self._signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: the user really wants out, now
+        if not self._signum:
+            self._signum = signum
+            again = " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""
+            # os.write, not print: a handler can run in the middle of a print() to the same stream
+            os.write(
+                2, f"\n{self._rank}{signal.Signals(signum).name}: stopping at the next batch boundary{again}\n".encode()
+            )
+
+    def _agreed_signal(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """The signal any process received (all processes must call this at the same point)."""
+        if trainer.world_size == 1:
+            return self._signum
+        flag = torch.tensor(float(self._signum), device=pl_module.device)
+        return int(trainer.strategy.reduce(flag, reduce_op="max").item())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         # At the end of the step, so that the checkpoint holds this step's update and the loader's position
         # after this batch: a resumed run starts with the next batch.
         self._batch = batch_idx + 1
-        stop = self._signum is not None
         if trainer.world_size > 1:
             last = self._batch == trainer.num_training_batches
             if self._batch % self.sync_every_n_batches and not last:
                 return  # every process has the same batch count, so they all reach the same agreement points
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
-            raise TrainingInterrupted(self._signum or signal.SIGINT)
+        if signum := self._agreed_signal(trainer, pl_module):
+            raise TrainingInterrupted(signum)
+
+    def _evaluation_batch_end(self, trainer: L.Trainer) -> None:
+        if trainer.world_size == 1 and self._signum and trainer.state.fn != "fit":
+            raise TrainingInterrupted(self._signum)  # in fit, training batch ends decide (validation is short)
+
+    def _evaluation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        in_fit = trainer.state.fn == "fit"
+        if trainer.world_size > 1 and not in_fit and (signum := self._agreed_signal(trainer, pl_module)):
+            raise TrainingInterrupted(signum)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._evaluation_batch_end(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._evaluation_batch_end(trainer)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._evaluation_batch_end(trainer)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_epoch_end(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_epoch_end(trainer, pl_module)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_epoch_end(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
-            signum = signal.SIGTERM
-        elif isinstance(exception, TrainingInterrupted):
+        if isinstance(exception, TrainingInterrupted):
             signum = exception.signum
+        elif isinstance(exception, SIGTERMException):  # Lightning's handler, in the moment before ours took over
+            signum = signal.SIGTERM
         else:
             return
-        path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)  # the full state: training resumes from it
-        message = (
-            f"Interrupted by {signal.Signals(signum).name} at epoch {trainer.current_epoch}, after batch "
-            f"{self._batch} of {trainer.num_training_batches} (global step {trainer.global_step}). Saved {path}.\n"
-            "Resume exactly where it stopped with the same command plus `--ckpt_path last` "
-            "(or `--ckpt_path <that file>`)."
-        )
+        name = signal.Signals(signum).name
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            # Nothing was trained, so no training checkpoint is written (and no `last.ckpt` to resume by mistake);
+            # predictions.csv and the like are written whole at the end, so none was written either.
+            message = f"{self._rank}Interrupted by {name} during {trainer.state.fn.value}: stopped, nothing written."
+        else:
+            path = last_checkpoint_path(trainer)
+            trainer.save_checkpoint(path, weights_only=False)  # the full state: training resumes from it
+            message = (
+                f"{self._rank}Interrupted by {name} at epoch {trainer.current_epoch}, after batch {self._batch} of "
+                f"{trainer.num_training_batches} (global step {trainer.global_step}). Saved {path}.\n"
+                "Resume exactly where it stopped with the same command plus `--ckpt_path last` "
+                "(or `--ckpt_path <that file>`)."
+            )
         if isinstance(exception, TrainingInterrupted):
             exception.args = (message,)  # main() prints it
         else:
             rank_zero_info(message)
-        self._restore()
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
 
 class DivergenceGuard(L.Callback):

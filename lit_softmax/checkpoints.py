@@ -6,6 +6,7 @@ file. Everything that reads a checkpoint goes through `load_checkpoint_safely`: 
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -14,11 +15,28 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lit_softmax.errors import CheckpointError
+from lit_softmax.errors import CheckpointError, OutputError
 
 
 def atomic_write_bytes(data: bytes, dest: Path) -> None:
-    """Write next to `dest`, fsync, and rename: a crash or a concurrent process never sees half a file."""
+    """Write next to `dest`, fsync, and rename: a crash or a concurrent process never sees half a file.
+
+    A failed write (full disk, read-only directory) removes its temporary file, leaves any earlier `dest` as it
+    was, and raises OutputError saying so.
+    """
+    try:
+        _atomic_write(data, dest)
+    except OSError as e:
+        earlier = f"the earlier {dest.name} is intact" if dest.exists() else f"no {dest.name} was written"
+        hint = "free some space" if e.errno == errno.ENOSPC else "make it writable"
+        raise OutputError(
+            f"cannot write {dest} ({e.strerror or e}): {earlier}, and every other file of the run is as it was. "
+            f"{hint.capitalize()} (or choose another directory, e.g. `--trainer.logger.save_dir`), then resume "
+            "with `--ckpt_path last`."
+        ) from e
+
+
+def _atomic_write(data: bytes, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
@@ -66,6 +84,14 @@ def load_checkpoint_safely(path: Path) -> dict:
         ) from e
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt from `fit`.")
+    state = checkpoint["state_dict"]
+    broken = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise CheckpointError(
+            f"refusing {path}: {', '.join(broken)} holds NaN or infinite values (the run had diverged when it was "
+            "saved), so every prediction would be meaningless. Use an earlier checkpoint of the run (e.g. "
+            "`--ckpt_path best`), or retrain with a lower `--model.lr`."
+        )
     return checkpoint
 
 
@@ -82,20 +108,35 @@ def check_fits_model(checkpoint: dict, path: Path, model: torch.nn.Module) -> No
             )
 
 
-def find_run_checkpoint(root: Path, which: str) -> Path:
-    """The `last.ckpt` or best checkpoint of the newest run under `root` (e.g. logs/fashion_mnist)."""
+def find_run_checkpoint(root: Path, which: str, differences=lambda checkpoint: []) -> Path:
+    """The `last.ckpt` or best checkpoint of the newest run under `root` (e.g. logs/fashion_mnist) whose checkpoint
+    `differences(checkpoint)` finds no different setting in: runs of other recipes logged under the same name
+    (e.g. smoke runs of several configs composed with configs/debug.yaml) are passed over."""
     runs = [d for d in root.glob("*") if (d / "checkpoints" / "last.ckpt").is_file()] if root.is_dir() else []
     if not runs:
         raise CheckpointError(
             f"no run with checkpoints under {root}: train first (`python -m lit_softmax fit --config ...`) "
             "or pass `--ckpt_path path/to/file.ckpt`."
         )
-    run = max(runs, key=lambda d: (d / "checkpoints" / "last.ckpt").stat().st_mtime)
-    last = run / "checkpoints" / "last.ckpt"
+    runs.sort(key=lambda d: (d / "checkpoints" / "last.ckpt").stat().st_mtime, reverse=True)
+    newest_differs = None
+    for run in runs:
+        last = run / "checkpoints" / "last.ckpt"
+        state = load_checkpoint_safely(last)
+        found = differences(state)
+        if not found:
+            break
+        newest_differs = newest_differs or (run, found)
+    else:
+        run, found = newest_differs
+        raise CheckpointError(
+            f"no run under {root} was trained with this config; the newest, {run}, differs: {'; '.join(found)}. "
+            "A run is resumed or evaluated with the settings it was trained with (only model.lr may change): use "
+            f"its config (`--config {run / 'config.yaml'}`), or pass a .ckpt path."
+        )
     if which == "last":
         return last
     try:
-        state = torch.load(last, map_location="cpu", weights_only=True)
         best = next(s["best_model_path"] for s in state["callbacks"].values() if s.get("best_model_path"))
     except Exception as e:
         raise CheckpointError(f"cannot read the best checkpoint's name from {last} ({e}); pass its path.") from e
@@ -111,12 +152,19 @@ def claim_version_dir(root: Path) -> int:
     `mkdir` is atomic, so two runs started at the same moment never pick the same directory (listing the
     directory and taking max + 1, as the loggers do by default, lets both pick it).
     """
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(d.name.split("_", 1)[1]) for d in root.glob("version_*") if d.name.split("_", 1)[1].isdigit()]
-    version = max(taken, default=-1) + 1
-    while True:
-        try:
-            (root / f"version_{version}").mkdir()
-            return version
-        except FileExistsError:
-            version += 1
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        taken = [int(d.name.split("_", 1)[1]) for d in root.glob("version_*") if d.name.split("_", 1)[1].isdigit()]
+        version = max(taken, default=-1) + 1
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                return version
+            except FileExistsError:
+                version += 1
+    except OSError as e:
+        raise OutputError(
+            f"cannot create a run directory under {root} ({e.strerror or e}). Make it writable, or put runs "
+            "somewhere else with `--trainer.logger.save_dir <dir>` (`--trainer.default_root_dir <dir>` without a "
+            "logger)."
+        ) from e

@@ -15,3 +15,7 @@ class DataError(LitSoftmaxError, RuntimeError):
 
 class CheckpointError(LitSoftmaxError, RuntimeError):
     """A checkpoint is missing, unreadable or from another model."""
+
+
+class OutputError(LitSoftmaxError, OSError):
+    """A run's files cannot be written (read-only directory, full disk); what was written before is intact."""

@@ -29,7 +29,7 @@ def to_fashion_mnist(image: Image.Image, invert: Literal["auto", "yes", "no"] = 
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent areas are background: put them on white, which "auto" then treats as a light background.
         image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    gray = grey_levels(image)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     if invert == "yes" or (invert == "auto" and np.median(border) > 127):
         gray, border = 255 - gray, 255 - border
@@ -45,6 +45,20 @@ def to_fashion_mnist(image: Image.Image, invert: Literal["auto", "yes", "no"] = 
     canvas = Image.new("L", (28, 28), 0)
     canvas.paste(resized, ((28 - size[0]) // 2, (28 - size[1]) // 2))
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def grey_levels(image: Image.Image) -> np.ndarray:
+    """The image's grey levels as float32 in [0, 255], whatever its bit depth.
+
+    PIL's `convert("L")` clips 16-bit and 32-bit integer pixels at 255 instead of scaling them, which turns a
+    16-bit PNG into black and white (74.6% instead of 84.0% on the test images); those are scaled here.
+    """
+    if image.mode.startswith("I"):  # "I;16", "I;16B", ... (16-bit files) and "I" (32-bit, holding 16-bit PNGs)
+        return np.asarray(image, dtype=np.float32) * (255.0 / 65535.0)
+    if image.mode == "F":  # 32-bit float: [0, 1] when it looks like it, else already in grey levels
+        values = np.asarray(image, dtype=np.float32)
+        return np.clip(values * 255.0 if values.max() <= 1.0 else values, 0, 255)
+    return np.asarray(image.convert("L"), dtype=np.float32)
 
 
 def load_image_folder(folder: str | Path, invert: Literal["auto", "yes", "no"] = "auto"):

@@ -8,6 +8,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -81,6 +82,7 @@ class SoftmaxRegression(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
+        self._resumed_best: float | None = None  # val/acc_best of the run this one resumes (on_load_checkpoint)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 1, 28, 28) or (B, 784) float images in [0, 1] (what ToTensor gives) -> (B, num_classes) logits."""
@@ -123,6 +125,8 @@ class SoftmaxRegression(L.LightningModule):
         self.val_loss.reset()
         self.val_acc.reset()
         self.val_acc_best.reset()
+        if self._resumed_best is not None:  # a resumed run: its best is the whole run's, not this segment's
+            self.val_acc_best.update(torch.tensor(self._resumed_best))
 
     # ---- steps -------------------------------------------------------------------------------------
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -170,6 +174,30 @@ class SoftmaxRegression(L.LightningModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).float().softmax(dim=-1)  # (B, 10) probabilities: the one place a user sees them
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Metric states are not part of the state_dict: the best so far travels as a plain number.
+        if self.val_acc_best.update_count:
+            checkpoint["val_acc_best"] = float(self.val_acc_best.compute())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_best = checkpoint.get("val_acc_best")
+        # `fit --ckpt_path last --model.lr X`: the optimizer and schedule states in the checkpoint hold the old lr
+        # and would silently win over the new one; scale them, so the run goes on at X on the same schedule.
+        old, new = checkpoint.get("hyper_parameters", {}).get("lr"), self.hparams.lr
+        if old is None or old == new or not old:
+            return
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                for key in ("lr", "initial_lr"):
+                    if key in group:
+                        group[key] = group[key] * new / old
+        for state in checkpoint.get("lr_schedulers", []):
+            if "base_lrs" in state:  # LambdaLR: lr = base_lr * factor(step)
+                state["base_lrs"] = [lr * new / old for lr in state["base_lrs"]]
+        checkpoint["hyper_parameters"]["lr"] = new
+        rank_zero_info(f"model.lr {new:g} replaces the checkpoint's {old:g} from here on (the schedule is kept).")
 
     # ---- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):

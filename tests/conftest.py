@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lit_softmax import fashion_mnist
+from lit_softmax.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"train": 200, "test": 50}  # 20 / 5 per class
@@ -72,6 +75,35 @@ def run_cli(
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+TEST_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+
+
+def start_slowed(cwd: Path, *args: str, delay: float = 0.02) -> tuple[subprocess.Popen, Path]:
+    """`python -m lit_softmax <args>` in its own process group, slowed down by probes.SlowSteps."""
+    progress = cwd / "progress"
+    probe = cwd / "probe.yaml"
+    probe.write_text(
+        f"trainer:\n  callbacks+:\n    - class_path: probes.SlowSteps\n      init_args:\n"
+        f"        progress_file: {progress}\n        delay: {delay}\n"
+    )
+    command = [sys.executable, "-m", "lit_softmax", *args, "--config", str(probe), "--data.data_dir", real_data(cwd),
+               "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=cwd, env=TEST_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    return proc, progress
+
+
+def wait_for_progress(proc: subprocess.Popen, progress: Path, at_least: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = progress.read_text().strip() if progress.exists() else ""
+        if text and int(text) >= at_least:
+            return
+        time.sleep(0.01)
+    output = proc.communicate()[0] if proc.poll() is not None else ""
+    raise AssertionError(f"never reached {progress.name} >= {at_least}: {output[-2000:]}")
+
+
 def scalars(run_dir: Path) -> dict[str, list[float]]:
     """Read a run's TensorBoard events back with TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -112,3 +144,21 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert fit.returncode == 0, fit.stderr[-3000:]
     (cwd / "fit_output.txt").write_text(fit.stdout + fit.stderr)
     return cwd / "logs" / "fashion_mnist" / "version_0"
+
+
+DEBUG = str(REPO / "configs/debug.yaml")
+
+
+@pytest.fixture
+def cli(synthetic_dir: Path, tmp_path: Path, monkeypatch, caplog):
+    """Runs `python -m lit_softmax fit --config configs/debug.yaml <flags>` in tmp_path on the synthetic data."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lit_softmax"])
+    caplog.set_level(logging.INFO)  # Lightning's (and our) rank-zero info lines
+
+    def run(*flags: str, subcommand: str = "fit") -> None:
+        main([subcommand, "--config", DEBUG, "--data.data_dir", str(synthetic_dir), "--data.val_size", "20",
+              "--data.batch_size", "32", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "2",
+              *flags])  # fmt: skip
+
+    return run

@@ -41,18 +41,40 @@ class RecordShards(L.Callback):
 
 
 class SlowSteps(L.Callback):
-    """Sleeps after every training step and writes the step count to a file: lets a test signal a real
-    `fit` process at a chosen step."""
+    """Sleeps after every training step and writes the step count to a file (rank 0), and each process's pid
+    to `<progress_file>.rank<N>`: lets a test signal a real `fit` process, or one rank of it, at a chosen step."""
 
     def __init__(self, progress_file: str, delay: float = 0.005) -> None:
         self.progress_file = Path(progress_file)
         self.delay = delay
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        import os
+
+        Path(f"{self.progress_file}.rank{trainer.global_rank}").write_text(str(os.getpid()))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         import time
 
-        self.progress_file.write_text(str(trainer.global_step))
+        if trainer.global_rank == 0:
+            self.progress_file.write_text(str(trainer.global_step))
         time.sleep(self.delay)
+
+    def _evaluation_batch_end(self, trainer, batch_idx: int) -> None:
+        import time
+
+        if trainer.global_rank == 0 and not trainer.sanity_checking:  # <progress_file>.test: test batches done
+            Path(f"{self.progress_file}.{trainer.state.stage.value}").write_text(str(batch_idx + 1))
+        time.sleep(self.delay)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._evaluation_batch_end(trainer, batch_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._evaluation_batch_end(trainer, batch_idx)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._evaluation_batch_end(trainer, batch_idx)
 
 
 class BlowUpAt(L.Callback):

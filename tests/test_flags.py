@@ -5,32 +5,11 @@ synthetic data."""
 from __future__ import annotations
 
 import csv
-import logging
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, need_real_data, real_data, run_cli
-
-from lit_softmax.__main__ import main
-
-DEBUG = str(REPO / "configs/debug.yaml")
-
-
-@pytest.fixture
-def cli(synthetic_dir: Path, tmp_path: Path, monkeypatch, caplog):
-    """Runs `python -m lit_softmax fit --config configs/debug.yaml <flags>` in tmp_path on the synthetic data."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["lit_softmax"])
-    caplog.set_level(logging.INFO)  # Lightning's (and our) rank-zero info lines
-
-    def run(*flags: str, subcommand: str = "fit") -> None:
-        main([subcommand, "--config", DEBUG, "--data.data_dir", str(synthetic_dir), "--data.val_size", "20",
-              "--data.batch_size", "32", "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "2",
-              *flags])  # fmt: skip
-
-    return run
+from conftest import DEBUG, need_real_data, real_data, run_cli
 
 
 def checkpoints(run: Path) -> list[str]:
@@ -51,8 +30,10 @@ def test_logger_false_keeps_checkpoints_and_config_in_a_run_directory(cli, tmp_p
     assert (run / "config.yaml").is_file()
     assert "last.ckpt" in checkpoints(run)
     assert not (tmp_path / "config.yaml").exists()  # not in the current directory
+    two_epochs = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     cli("--trainer.logger", "false", "--ckpt_path", "last", "--trainer.max_epochs", "3")  # `last` finds it
-    assert torch.load(tmp_path / "logs/unlogged/version_1/checkpoints/last.ckpt", weights_only=True)["epoch"] == 2
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == two_epochs * 3 // 2
+    assert (run / "config.resume1.yaml").is_file()  # the same run went on
 
 
 def test_csv_logger_gets_scalars_hparams_config_and_checkpoints(cli, tmp_path: Path) -> None:

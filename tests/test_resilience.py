@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, need_real_data, real_data, run_cli
+from conftest import REPO, need_real_data, real_data, run_cli, start_slowed, wait_for_progress
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 # Two recipes, short enough to run three times each, long enough to interrupt mid-epoch: the textbook pair
@@ -58,23 +57,9 @@ def test_interrupt_at_random_step_then_resume_is_bit_exact(
     epoch = rng.choice([0, 1])
     target = epoch * steps_per_epoch + rng.randint(5, steps_per_epoch - 25)  # somewhere inside an epoch
     print(f"random seed {seed}: signalling at step >= {target}")
-    progress = tmp_path / "progress"
-    probe = tmp_path / "probe.yaml"
-    probe.write_text(
-        f"trainer:\n  callbacks+:\n    - class_path: probes.SlowSteps\n      init_args:\n"
-        f"        progress_file: {progress}\n        delay: 0.02\n"
-    )
     data = ["--data.data_dir", real_data(tmp_path)]
-    command = [sys.executable, "-m", "lit_softmax", "fit", "--config", config, *batch, *SHORT, *data,
-               "--trainer.enable_progress_bar", "false"]  # fmt: skip
-    proc = subprocess.Popen([*command, "--config", str(probe)], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if progress.exists() and progress.read_text().strip() and int(progress.read_text()) >= target:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "training ended before the signal: " + proc.communicate()[0][-2000:]
+    proc, progress = start_slowed(tmp_path, "fit", "--config", config, *batch, *SHORT)
+    wait_for_progress(proc, progress, target)
     proc.send_signal(signum)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == exit_code, output[-3000:]
@@ -97,11 +82,40 @@ def test_interrupt_at_random_step_then_resume_is_bit_exact(
     resumed = run_cli("fit", "--config", config, *batch, *SHORT, *data, "--ckpt_path", "last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
-    final = tmp_path / "logs" / name / "version_1" / "checkpoints" / "last.ckpt"
-    assert torch.load(final, weights_only=True)["global_step"] == 2 * steps_per_epoch
-    expected, got = weights(uninterrupted[recipe]), weights(final)
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), f"{key} differs after resume (seed {seed})"
+    assert_resumed_run_equals(tmp_path / "logs" / name, uninterrupted[recipe], 2 * steps_per_epoch, seed)
+
+
+def assert_resumed_run_equals(runs: Path, uninterrupted: Path, steps: int, seed: int) -> None:
+    """The resumed run went on in its own directory and ended as the uninterrupted run did: weights, best score,
+    best checkpoint."""
+    assert sorted(d.name for d in runs.iterdir()) == ["version_0"]
+    final = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    expected = torch.load(uninterrupted, weights_only=True)
+    assert final["global_step"] == expected["global_step"] == steps
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, final["state_dict"][key]), f"{key} differs after resume (seed {seed})"
+    assert final["val_acc_best"] == expected["val_acc_best"]
+    best = sorted(p.name for p in (runs / "version_0" / "checkpoints").glob("epoch*"))
+    assert best == sorted(p.name for p in uninterrupted.parent.glob("epoch*"))
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_loses_at_most_the_epoch_under_way(uninterrupted, tmp_path: Path) -> None:
+    """No handler runs on SIGKILL: what is on disk is what survives. last.ckpt is written at every epoch end."""
+    config, batch, name, steps_per_epoch = RECIPES["textbook"]
+    seed = random.randrange(10**6)
+    target = random.Random(seed).randint(steps_per_epoch + 2, 2 * steps_per_epoch - 4)  # inside the second epoch
+    data = ["--data.data_dir", real_data(tmp_path)]
+    proc, progress = start_slowed(tmp_path, "fit", "--config", config, *batch, *SHORT)
+    wait_for_progress(proc, progress, target)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    last = tmp_path / "logs" / name / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == steps_per_epoch, f"seed {seed}: not epoch 0's end"
+
+    resumed = run_cli("fit", "--config", config, *batch, *SHORT, *data, "--ckpt_path", "last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_resumed_run_equals(tmp_path / "logs" / name, uninterrupted["textbook"], 2 * steps_per_epoch, seed)
 
 
 CRASH = textwrap.dedent(
