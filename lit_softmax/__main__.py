@@ -278,6 +278,11 @@ class SoftmaxCLI(LightningCLI):
         # Lightning's own rule (a traceback otherwise): the checkpoint's epoch counter may not exceed max_epochs.
         if ckpt_path is not None and max_epochs not in (None, -1) and self._checkpoint["epoch"] > max_epochs:
             epoch = self._checkpoint["epoch"]
+            if self.trainer.fast_dev_run:
+                raise ConfigError(
+                    f"fast_dev_run runs one epoch, but {ckpt_path} was saved at epoch {epoch}: Lightning cannot "
+                    "resume it there. fast_dev_run checks the code from fresh weights: drop `--ckpt_path`."
+                )
             raise ConfigError(
                 f"--trainer.max_epochs {max_epochs} ends before {ckpt_path}, which was saved at epoch {epoch}: "
                 f"resume with `--trainer.max_epochs {epoch}` or more (more epochs than before train further)."

@@ -125,6 +125,9 @@ def test_max_epochs_below_the_checkpoint_is_one_message(cli, tmp_path: Path, cap
     err = error_of(capsys, cli, "--trainer.max_epochs", "1", "--ckpt_path", "last")
     assert "--trainer.max_epochs 1 ends before" in err
     assert f"resume with `--trainer.max_epochs {saved}` or more" in err
+    err = error_of(capsys, cli, "--trainer.fast_dev_run", "true", "--ckpt_path", "last")  # max_epochs 1 inside
+    assert "fast_dev_run runs one epoch" in err
+    assert "drop `--ckpt_path`" in err
     cli("--trainer.max_epochs", "3", "--ckpt_path", "last")  # a finished run: restores, trains nothing more
     cli("--trainer.max_epochs", "3", "--ckpt_path", "last")  # and again
 
