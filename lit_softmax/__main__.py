@@ -9,6 +9,7 @@ python -m lit_softmax fit --config configs/fashion_mnist.yaml --ckpt_path last  
 python -m lit_softmax predict --config configs/fashion_mnist.yaml --ckpt_path best   # CSV for the test split
 python -m lit_softmax predict --config configs/fashion_mnist.yaml --ckpt_path best --data.predict_dir photos/
 python -m lit_softmax fit --config configs/fashion_mnist.yaml --config configs/ddp_cpu.yaml  # 2 processes
+python -m lit_softmax export --config configs/fashion_mnist.yaml --ckpt_path best  # model.onnx, verified
 python -m lit_softmax fit --config configs/fashion_mnist.yaml --print_config      # the full resolved config
 python -m lit_softmax fit --model.help SoftmaxRegression                          # the model's arguments
 tensorboard --logdir logs
@@ -87,7 +88,56 @@ class RunConfig(SaveConfigCallback):
                 logger.experiment.log_artifact(logger.run_id, str(path))
 
 
+class Trainer(L.Trainer):
+    """Lightning's Trainer plus `export`, which LightningCLI offers as a subcommand next to fit/validate/test/
+    predict (a CLI subcommand is a Trainer method; see `SoftmaxCLI.subcommands`)."""
+
+    def export(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str = "best",
+        output: str | None = None, atol: float = 1e-5,
+    ) -> Path:  # fmt: skip
+        """Write the checkpoint's model as ONNX, after checking with onnxruntime on the test split that it
+        predicts the same class for every image, with probabilities within `atol`.
+
+        Args:
+            ckpt_path: `best` or `last` (of the newest run of this config), or a .ckpt path.
+            output: where to write; default `model.onnx` next to the checkpoint.
+            atol: the largest difference in any probability between PyTorch and onnxruntime.
+        """
+        from lit_softmax import export  # onnx and onnxruntime only when exporting
+
+        if not atol > 0:
+            raise ConfigError(f"--atol must be > 0, got {atol}; e.g. 1e-5.")
+
+        checkpoint = load_checkpoint_safely(Path(ckpt_path))
+        model.load_state_dict(checkpoint["state_dict"])
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        dest = Path(output) if output else Path(ckpt_path).parent / "model.onnx"
+        scores = [s.get("current_score") for s in checkpoint.get("callbacks", {}).values() if isinstance(s, dict)]
+        val_acc = next((float(s) for s in scores if s is not None), None)
+        metadata = {
+            "checkpoint": str(Path(ckpt_path).resolve()),
+            "epoch": str(checkpoint.get("epoch")),
+            "global_step": str(checkpoint.get("global_step")),
+            "val_acc": "unknown" if val_acc is None else f"{val_acc:.4f}",
+        }
+        test = datamodule.test_set
+        result = export.export(model, dest, test.images, test.labels, metadata, atol)
+        rank_zero_info(
+            f"wrote {dest}: onnxruntime on the {result.images} test images: same class for every image, "
+            f"probabilities within {result.max_abs_diff:.1e} of PyTorch, accuracy {result.onnx_acc:.4f} "
+            f"(val_acc of the checkpoint: {metadata['val_acc']})."
+        )
+        return dest
+
+
 class SoftmaxCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # name -> Trainer method arguments the CLI fills in itself (the instantiated model and datamodule)
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+
     def __init__(self, *args, **kwargs) -> None:
         self.claimed_run: Path | None = None  # logs/<name>/version_N, when this process created it
         self._resume_run: Path | None = None  # the run directory `fit --ckpt_path` continues
@@ -193,7 +243,8 @@ class SoftmaxCLI(LightningCLI):
             logger.init_args.tracking_uri = f"sqlite:///{save_dir.resolve() / 'mlflow.db'}"
             if logger.init_args.get("artifact_location") is None:
                 logger.init_args.artifact_location = str((save_dir / "mlartifacts").resolve())
-        self._pin_run_directory(config)
+        if self.subcommand != "export":  # export writes next to its checkpoint, never a run directory
+            self._pin_run_directory(config)
         if config["trainer"].get("enable_checkpointing") is False and "checkpoint" in config:
             # The `checkpoint` section always adds a ModelCheckpoint, which Lightning refuses next to
             # enable_checkpointing=False; one that saves nothing is what the flag asks for.
@@ -297,6 +348,9 @@ class SoftmaxCLI(LightningCLI):
     def before_predict(self) -> None:
         self._check_fits_model("predict")
 
+    def before_export(self) -> None:
+        self._check_fits_model("export")
+
     def _check_fits_model(self, subcommand: str) -> None:
         num_classes = self.model.hparams.get("num_classes", len(CLASSES))
         if num_classes != len(CLASSES):
@@ -376,6 +430,7 @@ def main(args: list[str] | None = None) -> None:
             seed_everything_default=42,
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_callback=RunConfig,
+            trainer_class=Trainer,
             args=args,
         )
     except SIGTERMException:

@@ -31,8 +31,8 @@ def atomic_write_bytes(data: bytes, dest: Path) -> None:
         hint = "free some space" if e.errno == errno.ENOSPC else "make it writable"
         raise OutputError(
             f"cannot write {dest} ({e.strerror or e}): {earlier}, and every other file of the run is as it was. "
-            f"{hint.capitalize()} (or choose another directory, e.g. `--trainer.logger.save_dir`), then resume "
-            "with `--ckpt_path last`."
+            f"{hint.capitalize()} (or write somewhere else), then run the command again (an interrupted `fit` "
+            "resumes with `--ckpt_path last`)."
         ) from e
 
 

@@ -1,0 +1,128 @@
+"""ONNX export of a trained model, verified with onnxruntime before anything is written.
+
+python -m lit_softmax export --config configs/fashion_mnist.yaml --ckpt_path best   # -> <checkpoints>/model.onnx
+
+The graph: input `images`, float32 (B, 1, 28, 28) with pixels in [0, 1] (what torchvision's ToTensor and this
+project's `predict` give; divide uint8 pixels by 255), light garment on a black background as in Fashion-MNIST;
+any batch size. Output `probabilities`, float32 (B, 10), softmax over the classes in `CLASSES` order. The
+per-pixel standardisation is inside the graph (folded into the linear layer, as in `SoftmaxRegression.forward`).
+
+Needs `pip install -e '.[onnx]'` (onnx, onnxruntime); the training code never imports this module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lit_softmax.checkpoints import atomic_write_bytes
+from lit_softmax.errors import LitSoftmaxError
+from lit_softmax.fashion_mnist import CLASSES
+
+OPSET = 17  # onnxruntime >= 1.14 runs it; nothing newer is needed for Gemm + Softmax
+
+
+class ExportError(LitSoftmaxError, RuntimeError):
+    """The exported graph does not compute what the PyTorch model computes (nothing was written)."""
+
+
+class Probabilities(nn.Module):
+    """The model plus the softmax that `predict_step` applies: what a deployed classifier returns."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images).softmax(dim=-1)
+
+
+@dataclass
+class Verification:
+    images: int
+    argmax_mismatches: int
+    max_abs_diff: float
+    torch_acc: float
+    onnx_acc: float
+
+
+def to_onnx_bytes(model: nn.Module) -> bytes:
+    """The model (eval mode, float32, CPU) as ONNX bytes with a dynamic batch dimension."""
+    wrapper = Probabilities(model).eval().float().cpu()
+    buffer = io.BytesIO()
+    # The TorchScript-based exporter: the same graph on every torch this project supports (2.3 has no `dynamo`
+    # argument; newer torch defaults to the dynamo exporter, which needs onnxscript as well).
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer notes that forward()'s shape check becomes a constant: true for every (B, 1, 28, 28) input.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            wrapper, (torch.zeros(1, 1, 28, 28),), buffer, input_names=["images"], output_names=["probabilities"],
+            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=OPSET, **legacy,
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
+def add_metadata(onnx_bytes: bytes, metadata: dict[str, str]) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def session(onnx_bytes: bytes):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+
+
+def verify(onnx_bytes: bytes, model: nn.Module, images: Tensor, labels: Tensor, atol: float = 1e-5) -> Verification:
+    """Run onnxruntime and PyTorch on the same uint8 (N, 28, 28) images; compare class and probabilities."""
+    x = images.cpu().float().div(255).unsqueeze(1)  # (N, 1, 28, 28) in [0, 1], as documented for the graph
+    with torch.no_grad():
+        expected = Probabilities(model).eval().float().cpu()(x).numpy()
+    got = session(onnx_bytes).run(["probabilities"], {"images": x.numpy()})[0]
+    y = labels.cpu().numpy()
+    result = Verification(
+        images=len(y),
+        argmax_mismatches=int((got.argmax(1) != expected.argmax(1)).sum()),
+        max_abs_diff=float(np.abs(got - expected).max()),
+        torch_acc=float((expected.argmax(1) == y).mean()),
+        onnx_acc=float((got.argmax(1) == y).mean()),
+    )
+    if result.argmax_mismatches or result.max_abs_diff > atol or result.onnx_acc != result.torch_acc:
+        raise ExportError(
+            f"the ONNX graph does not match the PyTorch model on the {result.images} test images: "
+            f"{result.argmax_mismatches} different predicted classes, probabilities up to {result.max_abs_diff:.2e} "
+            f"apart (allowed {atol:g}), accuracy {result.onnx_acc:.4f} vs {result.torch_acc:.4f}. Nothing was "
+            "written. Report this with your torch/onnx/onnxruntime versions."
+        )
+    return result
+
+
+def export(model: nn.Module, dest: Path, images: Tensor, labels: Tensor, metadata: dict[str, str],
+           atol: float = 1e-5) -> Verification:  # fmt: skip
+    """Export, verify the final file's bytes on (images, labels), then write `dest` atomically: a failed check
+    (or a failed write) leaves no `dest` behind, and an earlier one as it was."""
+    with torch.no_grad():
+        predicted = model.eval().float().cpu()(images.cpu().float().div(255).unsqueeze(1)).argmax(1)
+    onnx_bytes = add_metadata(to_onnx_bytes(model), {
+        "class_names": json.dumps(list(CLASSES)),
+        "input": "images: float32 (batch, 1, 28, 28), pixels in [0, 1], light garment on black",
+        "output": "probabilities: float32 (batch, 10), softmax over class_names",
+        "test_acc": f"{(predicted == labels.cpu()).float().mean().item():.4f}",
+        **metadata,
+    })  # fmt: skip
+    result = verify(onnx_bytes, model, images, labels, atol)
+    atomic_write_bytes(onnx_bytes, dest)
+    return result
