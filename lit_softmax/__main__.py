@@ -420,19 +420,33 @@ TRAINER_DEFAULTS = {
 }
 
 
+def build_cli(args: list[str], callbacks: list[L.Callback] | None = None, run: bool = True) -> SoftmaxCLI:
+    """The command line, as `python -m lit_softmax <args>` runs it; `callbacks` are added to the Trainer's
+    (the sweep adds Optuna's pruning callback to each trial this way)."""
+    defaults = {**TRAINER_DEFAULTS, "callbacks": callbacks} if callbacks else TRAINER_DEFAULTS
+    return SoftmaxCLI(
+        SoftmaxRegression,
+        FashionMNISTDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=42,
+        trainer_defaults=defaults,
+        save_config_callback=RunConfig,
+        trainer_class=Trainer,
+        args=args,
+        run=run,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else args
     try:
-        SoftmaxCLI(
-            SoftmaxRegression,
-            FashionMNISTDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=42,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_callback=RunConfig,
-            trainer_class=Trainer,
-            args=args,
-        )
+        if args[:1] == ["sweep"]:  # hyper-parameter search: its own small command (lit_softmax/sweep.py)
+            from lit_softmax.sweep import sweep_main
+
+            sweep_main(args[1:])
+        else:
+            build_cli(args)
     except SIGTERMException:
         sys.exit(EXIT_SIGTERM)  # GracefulInterrupt saved a checkpoint and said how to resume
     except Exception as e:

@@ -162,3 +162,13 @@ def cli(synthetic_dir: Path, tmp_path: Path, monkeypatch, caplog):
               *flags])  # fmt: skip
 
     return run
+
+
+def error_of(capsys, run, *flags: str, subcommand: str = "fit") -> str:
+    """Run the `cli` fixture expecting a user error: exit 2, one message, no traceback; returns stderr."""
+    with pytest.raises(SystemExit) as info:
+        run(*flags, subcommand=subcommand)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import scalars
+from conftest import error_of, scalars
 from PIL import Image
 
 from lit_softmax import checkpoints
@@ -25,15 +25,6 @@ def load(path: Path) -> dict:
 
 def best_score(state: dict) -> float:
     return next(float(s["best_model_score"]) for s in state["callbacks"].values() if "best_model_score" in s)
-
-
-def error_of(capsys, run, *flags: str, subcommand: str = "fit") -> str:
-    with pytest.raises(SystemExit) as info:
-        run(*flags, subcommand=subcommand)
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 def test_resume_continues_the_run_in_its_directory_with_the_whole_runs_best(cli, tmp_path: Path) -> None:
