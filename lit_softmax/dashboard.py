@@ -238,6 +238,11 @@ class TensorBoardDashboard(L.Callback):
             self._log_split(trainer, pl_module, "val", draw=True, log_ece=False)
         self._log_hp_metric(trainer, pl_module)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # An interrupted, diverged or pruned (sweep) run still gets its best so far in the HParams tab.
+        if trainer.state.fn == "fit":
+            self._log_hp_metric(trainer, pl_module)
+
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_split(trainer, pl_module, "test", draw=True)
         if self._mistakes and self.figures:

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, need_real_data, real_data, run_cli, start_slowed, wait_for_progress
+from conftest import REPO, need_real_data, real_data, run_cli, scalars, start_slowed, wait_for_progress
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 # Two recipes, short enough to run three times each, long enough to interrupt mid-epoch: the textbook pair
@@ -208,6 +208,8 @@ def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path: Pat
     assert out.returncode == 3, out.stderr[-3000:]
     assert "training diverged: the training loss became NaN or infinite at epoch 1, between global steps" in out.stderr
     assert "Lower the learning rate (model.lr=0.1), e.g. `--model.lr 0.01`" in out.stderr
+    hp_metric = scalars(tmp_path / "logs" / "debug" / "version_0")["hp_metric"]  # the HParams tab shows it too
+    assert hp_metric[-1] > 0.5
     assert "Traceback" not in out.stderr
     checkpoints = list((tmp_path / "logs" / "debug" / "version_0" / "checkpoints").iterdir())
     assert len(checkpoints) == 2  # epoch 0's best and last, from before the divergence
