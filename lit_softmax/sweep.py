@@ -174,8 +174,8 @@ def sweep_main(argv: list[str]) -> None:
     space = parse_space(config["space"])
     study_cfg = config.get("study") or {}
     name = options.study_name or study_cfg.get("name") or options.config.stem
-    n_trials = options.n_trials or study_cfg.get("n_trials", 20)
-    timeout = options.timeout or study_cfg.get("timeout")
+    n_trials = options.n_trials if options.n_trials is not None else study_cfg.get("n_trials", 20)
+    timeout = options.timeout if options.timeout is not None else study_cfg.get("timeout")
     if n_trials < 1 or (timeout is not None and timeout <= 0):
         raise SweepError(f"n_trials must be >= 1 and timeout > 0, got n_trials={n_trials}, timeout={timeout}.")
     root = Path("logs") / name

@@ -159,6 +159,18 @@ def test_bad_search_spaces_are_one_message_before_any_trial(sweep_cli, tmp_path:
     assert not (tmp_path / "logs/small/study.db").exists() or not study(tmp_path).trials
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--n_trials", "0"], "n_trials must be >= 1"),
+        (["--timeout", "-5"], "timeout > 0, got n_trials=3, timeout=-5.0"),
+    ],
+)
+def test_bad_trial_counts_are_one_message(sweep_cli, tmp_path: Path, flags, message) -> None:
+    need_real_data()
+    assert message in sweep_cli(sweep_config(tmp_path), *flags)
+
+
 def test_an_unreachable_storage_is_one_message(sweep_cli, tmp_path: Path) -> None:
     need_real_data()
     out = sweep_cli(sweep_config(tmp_path), "--storage", "sqlite:////nonexistent/dir/study.db")
