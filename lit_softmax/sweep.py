@@ -114,15 +114,29 @@ def open_storage(url: str):
         retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
     else:
         retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **retry
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        raise SweepError(
-            f"cannot open the study storage {url} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Check the "
-            "URL, that the database server is reachable and its driver installed (e.g. psycopg2 for PostgreSQL)."
-        ) from e
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **retry
+            )
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as e:
+            # Two sweeps started together on a new database both create its schema; the loser sees "table
+            # already exists" or a duplicate schema version, and finds the schema complete a moment later.
+            # (An unreachable server also lands here: it is reported after the retries, ~2 s.)
+            if attempt < 4:
+                time.sleep(0.5)
+                continue
+            raise storage_error(url, e) from e
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+            raise storage_error(url, e) from e
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def storage_error(url: str, e: Exception) -> SweepError:
+    return SweepError(
+        f"cannot open the study storage {url} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Check the "
+        "URL, that the database server is reachable and its driver installed (e.g. psycopg2 for PostgreSQL)."
+    )
 
 
 def run_trial(base_args: list[str], values: dict[str, Any], callbacks: list) -> tuple[float | None, str]:

@@ -125,6 +125,23 @@ def test_two_sweep_processes_share_one_sqlite_study(tmp_path: Path) -> None:
     assert len({t.user_attrs["run"] for t in finished}) == len(finished)
 
 
+@pytest.mark.slow
+def test_sweeps_started_together_on_a_new_database_both_open_it(tmp_path: Path) -> None:
+    """Both create the tables; the loser used to stop with "table studies already exists"."""
+    script = (
+        "import sys, time; from lit_softmax.sweep import open_storage\n"
+        "time.sleep(max(0, float(sys.argv[2]) - time.time()))  # imports done: open at the same moment\n"
+        "open_storage(sys.argv[1])"
+    )
+    for round_ in range(3):
+        url, at = f"sqlite:///{tmp_path / f'round{round_}.db'}", str(time.time() + 10)
+        command = [sys.executable, "-W", "ignore", "-c", script, url, at]
+        procs = [subprocess.Popen(command, env=TEST_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]  # fmt: skip
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+
+
 @pytest.fixture
 def sweep_cli(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
