@@ -14,6 +14,7 @@ Needs `pip install -e '.[sweep]'` (optuna, optuna-integration); the training cod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -158,11 +159,27 @@ def validate_trial_args(base_args: list[str], space: dict[str, dict[str, Any]]) 
         cli = build_cli([*base_args, *as_args(first)], run=False)
     except SystemExit as e:  # jsonargparse printed what is wrong
         raise SweepError("the base config plus the search space do not parse (see the message above).") from e
+    if cli.trainer.fast_dev_run:
+        raise SweepError(
+            "fast_dev_run keeps no run directory and no validation score, so trials would have nothing to compare: "
+            "for a quick sweep use e.g. `--trainer.max_epochs 1 --trainer.limit_train_batches 20` in `args`."
+        )
     if cli.trainer.world_size > 1:
         raise SweepError(
             "trials run in the sweep's process, one device each: remove devices/strategy from the base config and "
             "start one sweep process per device instead (they share the study)."
         )
+
+
+def _without_logger(config: dict[str, Any]) -> bool:
+    """Whether the base configs or args switch the logger off (`trainer.logger: false`)."""
+    values = []
+    for path in config.get("base") or []:
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):  # the parser reports those itself
+            values.append(((yaml.safe_load(Path(path).read_text()) or {}).get("trainer") or {}).get("logger"))
+    args = [str(a) for a in config.get("args") or []]
+    values += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--trainer.logger"]
+    return any(str(v).lower() in ("false", "none", "null") for v in values if v is not None)
 
 
 def sweep_main(argv: list[str]) -> None:
@@ -195,6 +212,11 @@ def sweep_main(argv: list[str]) -> None:
     root = Path("logs") / name
     base_args = [a for c in config.get("base") or [] for a in ("--config", str(c))]
     base_args += [str(a) for a in config.get("args") or []]
+    if _without_logger(config):
+        raise SweepError(
+            "the sweep's trials need a logger (each trial is a TensorBoard run under logs/<study>/, compared in the "
+            "HParams tab): remove `trainer.logger: false` from the base config / args."
+        )
     # Trials: one process, no test (the objective is validation), runs under logs/<study name>/, quiet.
     base_args += ["--test_after_fit", "false", "--trainer.logger.name", name, "--trainer.logger.save_dir", "logs",
                   "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]  # fmt: skip

@@ -188,6 +188,22 @@ def test_bad_trial_counts_are_one_message(sweep_cli, tmp_path: Path, flags, mess
     assert message in sweep_cli(sweep_config(tmp_path), *flags)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--trainer.fast_dev_run", "true"], "fast_dev_run keeps no run directory"),
+     (["--trainer.logger", "false"], "the sweep's trials need a logger")],
+    ids=["fast_dev_run", "logger-false"],
+)  # fmt: skip
+def test_flags_that_leave_trials_nothing_to_compare_are_one_message(sweep_cli, tmp_path: Path, args, message) -> None:
+    need_real_data()
+    config = sweep_config(tmp_path)
+    spec = yaml.safe_load(config.read_text())
+    spec["args"] += args
+    config.write_text(yaml.safe_dump(spec))
+    assert message in sweep_cli(config)
+    assert not (tmp_path / "logs/small/study.db").exists()
+
+
 def test_an_unreachable_storage_is_one_message(sweep_cli, tmp_path: Path) -> None:
     need_real_data()
     out = sweep_cli(sweep_config(tmp_path), "--storage", "sqlite:////nonexistent/dir/study.db")
