@@ -45,9 +45,10 @@ def main() -> None:
     import onnxruntime as ort
 
     from lit_softmax import SoftmaxRegression
-    from lit_softmax.checkpoints import find_run_checkpoint, load_checkpoint_safely
+    from lit_softmax.checkpoints import load_checkpoint_safely
     from lit_softmax.export import to_onnx_bytes
     from lit_softmax.fashion_mnist import load_split
+    from lit_softmax.run import find_run_checkpoint
 
     ckpt = Path(args.ckpt) if args.ckpt else find_run_checkpoint(REPO / "logs" / "fashion_mnist", "best")
     state = load_checkpoint_safely(ckpt)

@@ -4,6 +4,7 @@ predictions to CSV. Each is a plain Lightning `Callback` using public hooks only
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch import callbacks
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -21,6 +22,7 @@ from torch import Tensor
 from lit_softmax.checkpoints import atomic_write_bytes
 from lit_softmax.errors import ConfigError, LitSoftmaxError
 from lit_softmax.fashion_mnist import CLASSES
+from lit_softmax.run import run_directory
 
 # Exit codes of an interrupted `fit` (documented in the README): the shell convention 128 + signal number.
 EXIT_SIGINT = 128 + signal.SIGINT  # 130
@@ -30,6 +32,8 @@ EXIT_DIVERGED = 3
 
 class TrainingInterrupted(LitSoftmaxError):
     """A stage stopped at a batch boundary after SIGINT (Ctrl-C) or SIGTERM; `fit` saved a checkpoint first."""
+
+    prefix = ""  # not an error: the message says where it stopped and how to resume
 
     def __init__(self, signum: int, message: str = "") -> None:
         super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
@@ -306,7 +310,7 @@ class CSVPredictionWriter(BasePredictionWriter):
             rows += [[name, *[""] * (len(header) - 2), reason] for name, reason in datamodule.predict_failures]
         rows.sort(key=lambda row: row[0])
         suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        out = Path(trainer.log_dir or ".") / (Path(self.filename).stem + suffix + Path(self.filename).suffix)
+        out = run_directory(trainer) / (Path(self.filename).stem + suffix + Path(self.filename).suffix)
         text = io.StringIO()
         writer = csv.writer(text)
         writer.writerow(header)
@@ -315,3 +319,24 @@ class CSVPredictionWriter(BasePredictionWriter):
         rank_zero_info(f"wrote {len(rows)} predictions to {out}")
         for name, reason in getattr(datamodule, "predict_failures", []) or []:
             rank_zero_warn(f"could not predict {name}: {reason}")
+
+
+def with_trainer_flags(config) -> None:
+    """Make the always-on callbacks (the CLI's `checkpoint`, and a config's own progress bar) follow the Trainer's
+    on/off flags instead of conflicting with them."""
+    trainer = config["trainer"]
+    if trainer.get("enable_checkpointing") is False and "checkpoint" in config:
+        # The `checkpoint` section always adds a ModelCheckpoint, which Lightning refuses next to
+        # enable_checkpointing=False; one that saves nothing is what the flag asks for.
+        config["checkpoint"]["save_top_k"], config["checkpoint"]["save_last"] = 0, False
+        trainer["enable_checkpointing"] = True
+    if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+        # A config may bring its own progress bar (configs/fashion_mnist.yaml redraws every 10th batch);
+        # `--trainer.enable_progress_bar false` then means "no bar" rather than Lightning's conflict error.
+        trainer["callbacks"] = [c for c in trainer["callbacks"] if not _is_progress_bar(getattr(c, "class_path", ""))]
+
+
+def _is_progress_bar(class_path: str) -> bool:
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None) if module else None
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)

@@ -1,4 +1,4 @@
-"""Files that hold a run's work: atomic writes, checkpoints (save, safe load, best/last lookup), run directories.
+"""Files that hold a run's work: atomic writes, checkpoints (atomic save, safe load, shape check).
 
 Everything that writes goes through `atomic_write_bytes`: a crash or a concurrent process never sees half a
 file. Everything that reads a checkpoint goes through `load_checkpoint_safely`: tensors and plain data only.
@@ -106,65 +106,3 @@ def check_fits_model(checkpoint: dict, path: Path, model: torch.nn.Module) -> No
                 f"{path} does not fit this model: {name} is {got}, expected shape {tuple(expected.shape)}. "
                 "Run with the config the checkpoint was trained with (its run directory holds config.yaml)."
             )
-
-
-def find_run_checkpoint(root: Path, which: str, differences=lambda checkpoint: []) -> Path:
-    """The `last.ckpt` or best checkpoint of the newest run under `root` (e.g. logs/fashion_mnist) whose checkpoint
-    `differences(checkpoint)` finds no different setting in: runs of other recipes logged under the same name
-    (e.g. smoke runs of several configs composed with configs/debug.yaml) are passed over."""
-    runs = [d for d in root.glob("*") if (d / "checkpoints" / "last.ckpt").is_file()] if root.is_dir() else []
-    if not runs:
-        raise CheckpointError(
-            f"no run with checkpoints under {root}: train first (`python -m lit_softmax fit --config ...`) "
-            "or pass `--ckpt_path path/to/file.ckpt`."
-        )
-    runs.sort(key=lambda d: (d / "checkpoints" / "last.ckpt").stat().st_mtime, reverse=True)
-    newest_differs = None
-    for run in runs:
-        last = run / "checkpoints" / "last.ckpt"
-        state = load_checkpoint_safely(last)
-        found = differences(state)
-        if not found:
-            break
-        newest_differs = newest_differs or (run, found)
-    else:
-        run, found = newest_differs
-        raise CheckpointError(
-            f"no run under {root} was trained with this config; the newest, {run}, differs: {'; '.join(found)}. "
-            "A run is resumed or evaluated with the settings it was trained with (only model.lr may change): use "
-            f"its config (`--config {run / 'config.yaml'}`), or pass a .ckpt path."
-        )
-    if which == "last":
-        return last
-    try:
-        best = next(s["best_model_path"] for s in state["callbacks"].values() if s.get("best_model_path"))
-    except Exception as e:
-        raise CheckpointError(f"cannot read the best checkpoint's name from {last} ({e}); pass its path.") from e
-    best = run / "checkpoints" / Path(best).name  # the run directory may have moved since
-    if not best.is_file():
-        raise CheckpointError(f"{last} names best checkpoint {best}, which does not exist; pass a path instead.")
-    return best
-
-
-def claim_version_dir(root: Path) -> int:
-    """Create `root/version_N` for the smallest free N >= every existing version, and return N.
-
-    `mkdir` is atomic, so two runs started at the same moment never pick the same directory (listing the
-    directory and taking max + 1, as the loggers do by default, lets both pick it).
-    """
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        taken = [int(d.name.split("_", 1)[1]) for d in root.glob("version_*") if d.name.split("_", 1)[1].isdigit()]
-        version = max(taken, default=-1) + 1
-        while True:
-            try:
-                (root / f"version_{version}").mkdir()
-                return version
-            except FileExistsError:
-                version += 1
-    except OSError as e:
-        raise OutputError(
-            f"cannot create a run directory under {root} ({e.strerror or e}). Make it writable, or put runs "
-            "somewhere else with `--trainer.logger.save_dir <dir>` (`--trainer.default_root_dir <dir>` without a "
-            "logger)."
-        ) from e

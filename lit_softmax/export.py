@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lit_softmax.checkpoints import atomic_write_bytes
-from lit_softmax.errors import LitSoftmaxError
+from lit_softmax.checkpoints import atomic_write_bytes, load_checkpoint_safely
+from lit_softmax.errors import ConfigError, LitSoftmaxError
 from lit_softmax.fashion_mnist import CLASSES
 
 OPSET = 17  # onnxruntime >= 1.14 runs it; nothing newer is needed for Gemm + Softmax
@@ -126,3 +127,31 @@ def export(model: nn.Module, dest: Path, images: Tensor, labels: Tensor, metadat
     result = verify(onnx_bytes, model, images, labels, atol)
     atomic_write_bytes(onnx_bytes, dest)
     return result
+
+
+def export_checkpoint(model: nn.Module, datamodule, ckpt_path: Path, output: str | None, atol: float) -> Path:
+    """`python -m lit_softmax export`: the checkpoint's weights into `model`, exported, verified on the test split
+    of `datamodule`, written to `output` (default: model.onnx next to the checkpoint)."""
+    if not atol > 0:
+        raise ConfigError(f"--atol must be > 0, got {atol}; e.g. 1e-5.")
+    checkpoint = load_checkpoint_safely(ckpt_path)
+    model.load_state_dict(checkpoint["state_dict"])
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    dest = Path(output) if output else ckpt_path.parent / "model.onnx"
+    scores = [s.get("current_score") for s in checkpoint.get("callbacks", {}).values() if isinstance(s, dict)]
+    val_acc = next((float(s) for s in scores if s is not None), None)
+    metadata = {
+        "checkpoint": str(ckpt_path.resolve()),
+        "epoch": str(checkpoint.get("epoch")),
+        "global_step": str(checkpoint.get("global_step")),
+        "val_acc": "unknown" if val_acc is None else f"{val_acc:.4f}",
+    }
+    test = datamodule.test_set
+    result = export(model, dest, test.images, test.labels, metadata, atol)
+    rank_zero_info(
+        f"wrote {dest}: onnxruntime on the {result.images} test images: same class for every image, "
+        f"probabilities within {result.max_abs_diff:.1e} of PyTorch, accuracy {result.onnx_acc:.4f} "
+        f"(val_acc of the checkpoint: {metadata['val_acc']})."
+    )
+    return dest

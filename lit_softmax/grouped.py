@@ -28,9 +28,10 @@ import os
 import torch
 from torch import Tensor
 
-from lit_softmax.data import FashionMNISTDataModule, ResumableDataLoader, TrainBatchSampler
+from lit_softmax.data import FashionMNISTDataModule
 from lit_softmax.errors import ConfigError
 from lit_softmax.model import SoftmaxRegression
+from lit_softmax.samplers import ResumableDataLoader, TrainBatchSampler
 
 
 class GroupedBatchSampler(TrainBatchSampler):

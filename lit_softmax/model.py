@@ -8,7 +8,6 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -183,21 +182,6 @@ class SoftmaxRegression(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_best = checkpoint.get("val_acc_best")
-        # `fit --ckpt_path last --model.lr X`: the optimizer and schedule states in the checkpoint hold the old lr
-        # and would silently win over the new one; scale them, so the run goes on at X on the same schedule.
-        old, new = checkpoint.get("hyper_parameters", {}).get("lr"), self.hparams.lr
-        if old is None or old == new or not old:
-            return
-        for state in checkpoint.get("optimizer_states", []):
-            for group in state["param_groups"]:
-                for key in ("lr", "initial_lr"):
-                    if key in group:
-                        group[key] = group[key] * new / old
-        for state in checkpoint.get("lr_schedulers", []):
-            if "base_lrs" in state:  # LambdaLR: lr = base_lr * factor(step)
-                state["base_lrs"] = [lr * new / old for lr in state["base_lrs"]]
-        checkpoint["hyper_parameters"]["lr"] = new
-        rank_zero_info(f"model.lr {new:g} replaces the checkpoint's {old:g} from here on (the schedule is kept).")
 
     # ---- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -142,21 +142,22 @@ def storage_error(url: str, e: Exception) -> SweepError:
 
 def run_trial(base_args: list[str], values: dict[str, Any], callbacks: list) -> tuple[float | None, str]:
     """One `fit` in this process; returns (best val/acc, run directory)."""
-    from lit_softmax.__main__ import build_cli
+    from lit_softmax.cli import build
+    from lit_softmax.run import run_directory
 
-    cli = build_cli(["fit", *base_args, *as_args(values)], callbacks=callbacks)
+    cli = build(["fit", *base_args, *as_args(values)], callbacks=callbacks)
     best = cli.trainer.callback_metrics.get(f"{OBJECTIVE}_best")
-    return (None if best is None else float(best)), str(cli.trainer.log_dir or cli.trainer.default_root_dir)
+    return (None if best is None else float(best)), str(run_directory(cli.trainer))
 
 
 def validate_trial_args(base_args: list[str], space: dict[str, dict[str, Any]]) -> None:
     """Parse the base config with the first value of every range, without running anything: an unknown key or a
     value the classes refuse fails here, before the study records anything."""
-    from lit_softmax.__main__ import build_cli
+    from lit_softmax.cli import build
 
     first = {k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.items()}
     try:
-        cli = build_cli([*base_args, *as_args(first)], run=False)
+        cli = build([*base_args, *as_args(first)], run_subcommand=False)
     except SystemExit as e:  # jsonargparse printed what is wrong
         raise SweepError("the base config plus the search space do not parse (see the message above).") from e
     if cli.trainer.fast_dev_run:

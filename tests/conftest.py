@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from lit_softmax import fashion_mnist
-from lit_softmax.__main__ import main
+from lit_softmax.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"train": 200, "test": 50}  # 20 / 5 per class

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO, need_real_data, real_data, run_cli
 
-from lit_softmax.__main__ import main
+from lit_softmax.cli import main
 
 CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c.name != "sweep.yaml")  # sweep: test_sweep.py
 
@@ -245,7 +245,7 @@ def test_checkpoint_of_another_model_shape_is_a_clear_error(capsys, tmp_path: Pa
 )
 def test_progress_bar_comes_from_the_config(args: list[str], refresh_rate) -> None:
     from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
-    from lit_softmax.__main__ import TRAINER_DEFAULTS, SoftmaxCLI
+    from lit_softmax.cli import TRAINER_DEFAULTS, SoftmaxCLI
 
     cli = SoftmaxCLI(SoftmaxRegression, FashionMNISTDataModule, subclass_mode_model=True, subclass_mode_data=True,
                      trainer_defaults=TRAINER_DEFAULTS, run=False,

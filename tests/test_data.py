@@ -13,9 +13,10 @@ import torch
 from conftest import SYNTHETIC, idx_bytes, synthetic_arrays
 
 from lit_softmax import fashion_mnist
-from lit_softmax.data import EvalSampler, FashionMNISTDataModule, TrainBatchSampler
+from lit_softmax.data import FashionMNISTDataModule
 from lit_softmax.errors import ConfigError, DataError
 from lit_softmax.fashion_mnist import locate_raw_files, read_idx
+from lit_softmax.samplers import EvalSampler, TrainBatchSampler
 
 
 def make_dm(data_dir: Path, **kwargs) -> FashionMNISTDataModule:

@@ -17,8 +17,8 @@ from lightning.pytorch.plugins import Precision
 from torch.overrides import TorchFunctionMode
 
 from lit_softmax import FashionMNISTDataModule
-from lit_softmax.data import InMemoryDataset
 from lit_softmax.grouped import GroupedFashionMNIST
+from lit_softmax.samplers import InMemoryDataset
 
 
 def tensors(value):

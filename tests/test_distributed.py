@@ -15,7 +15,7 @@ import torch
 from conftest import REPO, need_real_data, real_data, run_cli, scalars
 
 from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
-from lit_softmax.data import InMemoryDataset, keep_batch
+from lit_softmax.samplers import InMemoryDataset, keep_batch
 
 CONFIG = str(REPO / "configs/fashion_mnist.yaml")
 DDP_CPU = str(REPO / "configs/ddp_cpu.yaml")
@@ -223,7 +223,7 @@ def test_gpu_configs_parse_and_validate(capsys, monkeypatch, name: str) -> None:
     """GPU configs cannot run here, but they must parse against the real schema and compose with the default."""
     import yaml
 
-    from lit_softmax.__main__ import main
+    from lit_softmax.cli import main
 
     monkeypatch.setattr(sys, "argv", ["lit_softmax"])
     with pytest.raises(SystemExit) as info:

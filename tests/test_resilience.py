@@ -253,7 +253,7 @@ def test_bad_data_exits_nonzero_with_one_message_and_no_run_left(
 ) -> None:
     import torchvision.datasets.mnist as tv_mnist
 
-    from lit_softmax.__main__ import main
+    from lit_softmax.cli import main
 
     monkeypatch.setattr(tv_mnist.MNIST, "download", _offline)
     monkeypatch.setattr(sys, "argv", ["lit_softmax"])
