@@ -92,6 +92,11 @@ def command(args: list[str] | None):
         raise
     finally:
         _command = None
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            # W&B keeps one run per process and hands it to the next WandbLogger: the next command in this
+            # process (a sweep's next trial, a notebook's next fit) must get its own run, or its resume's.
+            wandb.finish()
         if inherited is None:
             os.environ.pop(RUN_VERSION_ENV, None)
         if cmd.claimed is not None:  # claimed but never written to (fast_dev_run logs nothing): remove it too

@@ -311,7 +311,9 @@ def write_best(study, root: Path, name: str) -> None:
         print("no trial completed: no best.yaml written.", flush=True)
         return
     run = Path(best.user_attrs["run"])
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    from lit_softmax.run import latest_config
+
+    config = yaml.safe_load(latest_config(run).read_text())
     config["trainer"]["logger"]["init_args"]["name"] = f"{name}_best"
     config["trainer"]["enable_model_summary"] = None  # Lightning's default again
     config["test_after_fit"] = True

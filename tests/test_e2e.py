@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO, scalars
+from conftest import REPO, TEST_ENV, real_data, run_cli, scalars
 
 from lit_softmax import FashionMNISTDataModule, SoftmaxRegression
 
@@ -43,10 +45,33 @@ def test_default_config_reaches_target_accuracy(default_run: Path) -> None:
 KNOWN_LIBRARY_WARNINGS = ("`isinstance(treespec, LeafSpec)` is deprecated",)
 
 
-@pytest.mark.slow
-def test_default_fit_prints_no_warning_of_this_projects_making(default_run: Path) -> None:
-    output = (default_run.parents[2] / "fit_output.txt").read_text()
+def unexplained_warnings(output: str) -> list[str]:
     markers = ("warn", "deprecat", "defaulting to")  # Lightning also prints notes such as "... defaulting to False"
     warnings = [line for line in output.splitlines() if any(marker in line.lower() for marker in markers)]
-    unexplained = [line for line in warnings if not any(known in line for known in KNOWN_LIBRARY_WARNINGS)]
-    assert unexplained == []
+    return [line for line in warnings if not any(known in line for known in KNOWN_LIBRARY_WARNINGS)]
+
+
+@pytest.mark.slow
+def test_default_fit_prints_no_warning_of_this_projects_making(default_run: Path) -> None:
+    assert unexplained_warnings((default_run.parents[2] / "fit_output.txt").read_text()) == []
+
+
+@pytest.mark.slow
+def test_no_subcommand_prints_a_warning_of_this_projects_making(tmp_path: Path) -> None:
+    """fit, then validate/test/predict/export with `--ckpt_path best`, and a one-trial sweep, as a user runs them."""
+    data = ["--data.data_dir", real_data(tmp_path)]
+    debug = ["--config", str(REPO / "configs/fashion_mnist.yaml"), "--config", str(REPO / "configs/debug.yaml")]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": [str(REPO / "configs/debug.yaml")], "args": data, "study": {"name": "quiet", "n_trials": 1},
+        "space": {"model.lr": {"low": 0.05, "high": 0.5, "log": True}},
+    }))  # fmt: skip
+    commands = [["fit", *debug, *data]]
+    commands += [[sub, *debug, *data, "--ckpt_path", "best"] for sub in ("validate", "test", "predict", "export")]
+    commands += [["sweep", "--config", str(sweep)]]
+    for args in commands:
+        result = run_cli(*args, cwd=tmp_path) if args[0] != "sweep" else subprocess.run(
+            [sys.executable, "-m", "lit_softmax", *args], cwd=tmp_path, env=TEST_ENV, capture_output=True, text=True,
+            timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert unexplained_warnings(result.stdout + result.stderr) == [], args[0]
