@@ -4,7 +4,6 @@ predictions to CSV. Each is a plain Lightning `Callback` using public hooks only
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import os
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch import callbacks
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -319,24 +318,3 @@ class CSVPredictionWriter(BasePredictionWriter):
         rank_zero_info(f"wrote {len(rows)} predictions to {out}")
         for name, reason in getattr(datamodule, "predict_failures", []) or []:
             rank_zero_warn(f"could not predict {name}: {reason}")
-
-
-def with_trainer_flags(config) -> None:
-    """Make the always-on callbacks (the CLI's `checkpoint`, and a config's own progress bar) follow the Trainer's
-    on/off flags instead of conflicting with them."""
-    trainer = config["trainer"]
-    if trainer.get("enable_checkpointing") is False and "checkpoint" in config:
-        # The `checkpoint` section always adds a ModelCheckpoint, which Lightning refuses next to
-        # enable_checkpointing=False; one that saves nothing is what the flag asks for.
-        config["checkpoint"]["save_top_k"], config["checkpoint"]["save_last"] = 0, False
-        trainer["enable_checkpointing"] = True
-    if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
-        # A config may bring its own progress bar (configs/fashion_mnist.yaml redraws every 10th batch);
-        # `--trainer.enable_progress_bar false` then means "no bar" rather than Lightning's conflict error.
-        trainer["callbacks"] = [c for c in trainer["callbacks"] if not _is_progress_bar(getattr(c, "class_path", ""))]
-
-
-def _is_progress_bar(class_path: str) -> bool:
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None) if module else None
-    return isinstance(cls, type) and issubclass(cls, ProgressBar)

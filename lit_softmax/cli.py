@@ -24,14 +24,13 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_softmax import run
+from lit_softmax import flags, run
 from lit_softmax.callbacks import (
     CSVPredictionWriter,
     DivergenceGuard,
     GracefulInterrupt,
     LearningRateMonitor,
     RunCheckpoint,
-    with_trainer_flags,
 )
 from lit_softmax.dashboard import TensorBoardDashboard
 from lit_softmax.data import FashionMNISTDataModule
@@ -95,10 +94,11 @@ class SoftmaxCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         run.prepare(self)  # resolve --ckpt_path best/last, a resume's config, the run's directory
-        with_trainer_flags(self.config[self.subcommand] if self.subcommand else self.config)
+        flags.reconcile(self.config[self.subcommand] if self.subcommand else self.config)  # habit flags
 
     def after_instantiate_classes(self) -> None:
         run.after_instantiate(self)  # the checkpoint fits the model; the saved config will not pin this run
+        flags.check_with_model(self.model, self.trainer)
 
     def before_fit(self) -> None:
         # The global batch must split over the processes: checked here, once, before DDP starts them.
@@ -141,6 +141,7 @@ def build(args: list[str] | None = None, callbacks: list[L.Callback] | None = No
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [run.ResumeLineage(), *(callbacks or [])]},
             save_config_callback=run.RunConfig,
             trainer_class=Trainer,
+            auto_configure_optimizers=False,  # the model's own `optimizer`/`lr` arguments, recorded in hparams.yaml
             args=args,
             run=run_subcommand,
         )

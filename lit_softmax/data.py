@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from lit_softmax import fashion_mnist
 from lit_softmax.errors import ConfigError
@@ -158,7 +158,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self._world()
-        self.per_process_batch_size()
+        batch = self.per_process_batch_size()
+        if getattr(self.trainer, "overfit_batches", 0):  # the same first batches every epoch: Lightning
+            return self._loader(self.train_set, SequentialSampler(self.train_set), batch_size=batch)  # wants this
         # Seeded like the sampler Lightning would inject (seed_everything's seed), never from the global RNG.
         sampler = TrainBatchSampler(
             self.train_set, self.hparams.batch_size, num_replicas=world, rank=rank,

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 
 class LitSoftmaxError(Exception):
@@ -42,6 +42,11 @@ def exit_on_user_error():
         yield
     except SIGTERMException:  # Lightning's own handler, in the moment before ours took over: a checkpoint is saved
         sys.exit(128 + signal.SIGTERM)
+    except MisconfigurationException as e:  # Lightning's word for a combination of settings it cannot run
+        if os.environ.get("LIT_SOFTMAX_TRACEBACK"):
+            raise
+        print(f"lit_softmax: error: {e}", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:
         error = e
         while error is not None and not isinstance(error, LitSoftmaxError):

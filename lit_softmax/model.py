@@ -201,7 +201,12 @@ class SoftmaxRegression(L.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         if hp.scheduler == "constant" and hp.warmup_steps == 0:
             return optimizer
-        total, warmup, cosine = max(1, int(total_steps)), hp.warmup_steps, hp.scheduler == "cosine"
+        if math.isinf(total_steps) and hp.scheduler == "cosine":  # max_epochs -1 without max_steps: no end
+            raise ConfigError(
+                "model.scheduler=cosine decays over the whole run, but this run has no end (max_epochs -1 without "
+                "max_steps): set `--trainer.max_steps N`, or `--model.scheduler constant`."
+            )
+        total, warmup, cosine = max(1, int(min(total_steps, 2**62))), hp.warmup_steps, hp.scheduler == "cosine"
 
         def factor(step: int) -> float:
             if step < warmup:

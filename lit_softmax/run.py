@@ -29,6 +29,7 @@ import itertools
 import os
 import shutil
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,8 @@ class Command:
     existed: Path | None = None  # the nearest directory above it that existed before (cleanup stops there)
     pins: list = field(default_factory=list)  # (config namespace, key, value before) set to this run's ids
     scoped: bool = True  # inside `command()`, which cleans up; False for a SoftmaxCLI built directly
+    started: float = field(default_factory=time.time)
+    saved_config: Path | None = None  # the config.yaml / config.resumeK.yaml this command wrote
 
 
 _command: Command | None = None
@@ -89,6 +92,13 @@ def command(args: list[str] | None):
     except BaseException:
         if cmd.claimed is not None and not any(cmd.claimed.glob("checkpoints/*.ckpt")):
             shutil.rmtree(cmd.claimed, ignore_errors=True)
+        elif cmd.resumed is not None and cmd.saved_config is not None and not _saved_since(cmd):
+            # A resume that failed before its first checkpoint (a refused setting, a crash) leaves the run as it
+            # was: its config.resumeK.yaml would otherwise become the base of the next resume.
+            cmd.saved_config.unlink(missing_ok=True)
+            lineage = read_lineage(cmd.resumed)
+            lineage["segments"] = [s for s in lineage.get("segments", []) if s["config"] != cmd.saved_config.name]
+            atomic_write_bytes(yaml.safe_dump(lineage, sort_keys=False).encode(), cmd.resumed / LINEAGE)
         raise
     finally:
         _command = None
@@ -105,6 +115,10 @@ def command(args: list[str] | None):
                     break
                 if directory.is_dir():
                     directory.rmdir()
+
+
+def _saved_since(cmd: Command) -> bool:
+    return any(p.stat().st_mtime >= cmd.started for p in cmd.resumed.glob("checkpoints/*.ckpt"))
 
 
 def _current() -> Command:
@@ -421,6 +435,8 @@ class RunConfig(SaveConfigCallback):
         for key in ACTION_KEYS:
             config.pop(key, None)
         atomic_write_bytes(yaml.safe_dump(config, sort_keys=False).encode(), path)
+        if cmd is not None:
+            cmd.saved_config = path
         lineage = read_lineage(run)
         if stage == "fit":  # each segment of the run: the config it ran with, the checkpoint it started from
             start = cmd.checkpoint_path if cmd is not None else None

@@ -75,7 +75,7 @@ def test_ddp_two_processes_train_with_one_set_of_outputs(ddp_run) -> None:
     runs = list((cwd / "logs" / "fashion_mnist").iterdir())
     assert [r.name for r in runs] == ["version_0"]
     assert sorted(p.name for p in runs[0].iterdir() if p.is_file() and not p.name.startswith("events")) == [
-        "config.yaml", "hparams.yaml",
+        "config.yaml", "hparams.yaml", "run.yaml",
     ]  # fmt: skip
     assert len(list((runs[0] / "checkpoints").iterdir())) == 2
     metrics = scalars(runs[0])

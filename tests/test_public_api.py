@@ -14,7 +14,8 @@ PACKAGE = REPO / "lit_softmax"
 PUBLIC_MODULES = {
     "lightning": {
         "lightning", "lightning.pytorch", "lightning.pytorch.callbacks", "lightning.pytorch.cli",
-        "lightning.pytorch.loggers", "lightning.pytorch.plugins.io", "lightning.pytorch.utilities",
+        "lightning.pytorch.loggers", "lightning.pytorch.plugins.io", "lightning.pytorch.plugins.environments",
+        "lightning.pytorch.utilities",
         "lightning.pytorch.utilities.exceptions",
     },
     "torchmetrics": {"torchmetrics", "torchmetrics.classification"},
