@@ -29,10 +29,10 @@ def atomic_write_bytes(data: bytes, dest: Path) -> None:
     except OSError as e:
         earlier = f"the earlier {dest.name} is intact" if dest.exists() else f"no {dest.name} was written"
         hint = "free some space" if e.errno == errno.ENOSPC else "make it writable"
+        resume = " (an interrupted `fit` resumes with `--ckpt_path last`)" if dest.suffix == ".ckpt" else ""
         raise OutputError(
-            f"cannot write {dest} ({e.strerror or e}): {earlier}, and every other file of the run is as it was. "
-            f"{hint.capitalize()} (or write somewhere else), then run the command again (an interrupted `fit` "
-            "resumes with `--ckpt_path last`)."
+            f"cannot write {dest} ({e.strerror or e}): {earlier}, and every other file is as it was. "
+            f"{hint.capitalize()} (or write somewhere else), then run the command again{resume}."
         ) from e
 
 

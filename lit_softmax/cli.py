@@ -51,7 +51,8 @@ class Trainer(L.Trainer):
         Args:
             ckpt_path: `best` or `last` (of the newest run of this config), or a .ckpt path.
             output: where to write; default `model.onnx` next to the checkpoint.
-            atol: the largest difference in any probability between PyTorch and onnxruntime.
+            atol: the least difference in any probability allowed between onnxruntime and the model in float64
+                (more is allowed where PyTorch's own float32 rounding is larger).
             weights_only: accepted so that any saved config works here; checkpoints are always loaded safely.
         """
         from lit_softmax.export import export_checkpoint  # onnx and onnxruntime only when exporting

@@ -90,9 +90,9 @@ class SoftmaxRegression(L.LightningModule):
                 f"expected float images in [0, 1], got dtype {x.dtype}; convert uint8 pixels with `x.float() / 255`."
             )
         x = x.reshape(x.shape[0], -1)  # (B, 784)
-        if x.shape[1] != NUM_PIXELS:
+        if x.shape[1] != self.linear.in_features:  # an attribute, not the global: TorchScript compiles this
             raise ValueError(
-                f"expected images of shape (B, 1, 28, 28) or (B, 784), got {tuple(x.shape)} after flattening; "
+                f"expected images of shape (B, 1, 28, 28) or (B, 784), got {list(x.shape)} after flattening; "
                 "resize inputs to 28x28 grayscale first."
             )
         # Standardisation folded into the layer, which stays linear in the raw pixels:
