@@ -278,9 +278,10 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
 
 
 class CSVPredictionWriter(BasePredictionWriter):
-    """Writes `predictions.csv` into the run directory: one row per input, the predicted class, its probability
-    and all class probabilities; the true label for dataset inputs, the file name (or why it was skipped) for
-    image folders."""
+    """Writes `predictions.csv` into the run directory: one row per input, the predicted class, its probability and
+    all class probabilities; the true label for the test split and for images in class-named folders, the file name
+    (or why it was skipped) for image folders. With labels, the accuracy overall and per class goes to the log and to
+    the loggers (`predict/acc`, `predict/acc_<class>`). Under DDP the processes' rows are gathered into one file."""
 
     def __init__(self, filename: str = "predictions.csv") -> None:
         super().__init__(write_interval="batch")
@@ -294,27 +295,51 @@ class CSVPredictionWriter(BasePredictionWriter):
         labels = batch[1].tolist()
         for index, label, probs in zip(batch_indices, labels, prediction.float().cpu().tolist()):
             best = max(range(len(probs)), key=probs.__getitem__)
-            self._rows.append([index, label, CLASSES[best], f"{probs[best]:.6f}", *(f"{p:.6f}" for p in probs)])
+            self._rows.append([index, label, best, f"{probs[best]:.6f}", *(f"{p:.6f}" for p in probs)])
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = run_directory(trainer) / self.filename  # a collective under DDP: every process asks
+        rows = self._rows
+        if trainer.world_size > 1:  # every sample was predicted by exactly one process (EvalSampler)
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        if trainer.global_rank != 0:
+            return
         datamodule = trainer.datamodule
         files = getattr(datamodule, "predict_files", None)
+        labelled = [(label, best) for _, label, best, *_ in rows if label >= 0]
         header = ["predicted", "probability", *(f"p_{name}" for name in CLASSES)]
+        name = lambda label: CLASSES[label] if label >= 0 else ""  # noqa: E731
         if files is None:  # the test split
             header = ["index", "true_label", *header]
-            rows = [[index, CLASSES[label], *rest] for index, label, *rest in self._rows]
+            table = [[index, name(label), CLASSES[best], *rest] for index, label, best, *rest in rows]
         else:
-            header = ["file", *header, "error"]
-            rows = [[files[index], *rest, ""] for index, _, *rest in self._rows]
-            rows += [[name, *[""] * (len(header) - 2), reason] for name, reason in datamodule.predict_failures]
-        rows.sort(key=lambda row: row[0])
-        suffix = f"_rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        out = run_directory(trainer) / (Path(self.filename).stem + suffix + Path(self.filename).suffix)
+            header = ["file", *(["true_label"] if labelled else []), *header, "error"]
+            table = [[files[index], *([name(label)] if labelled else []), CLASSES[best], *rest, ""]
+                     for index, label, best, *rest in rows]  # fmt: skip
+            table += [[file, *[""] * (len(header) - 2), reason] for file, reason in datamodule.predict_failures]
+        table.sort(key=lambda row: row[0])
         text = io.StringIO()
         writer = csv.writer(text)
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows(table)
         atomic_write_bytes(text.getvalue().encode(), out)  # a crash never leaves half a CSV
-        rank_zero_info(f"wrote {len(rows)} predictions to {out}")
-        for name, reason in getattr(datamodule, "predict_failures", []) or []:
-            rank_zero_warn(f"could not predict {name}: {reason}")
+        rank_zero_info(f"wrote {len(table)} predictions to {out}")
+        for file, reason in getattr(datamodule, "predict_failures", []) or []:
+            rank_zero_warn(f"could not predict {file}: {reason}")
+        if labelled:
+            self._report_accuracy(trainer, labelled)
+
+    @staticmethod
+    def _report_accuracy(trainer: L.Trainer, labelled: list[tuple[int, int]]) -> None:
+        metrics = {"predict/acc": sum(label == best for label, best in labelled) / len(labelled)}
+        lines = [f"accuracy on the {len(labelled)} labelled images: {metrics['predict/acc']:.4f}"]
+        for index, class_name in enumerate(CLASSES):
+            hits = [label == best for label, best in labelled if label == index]
+            if hits:
+                metrics[f"predict/acc_{class_name}"] = sum(hits) / len(hits)
+                lines.append(f"  {class_name:12s} {metrics[f'predict/acc_{class_name}']:.4f}  ({len(hits)} images)")
+        rank_zero_info("\n".join(lines))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=0)

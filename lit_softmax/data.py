@@ -102,8 +102,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if stage == "predict" and hp.predict_dir is not None:
             from lit_softmax.images import load_image_folder
 
-            images, self.predict_files, self.predict_failures = load_image_folder(hp.predict_dir, hp.invert)
-            self.predict_set = InMemoryDataset(images, torch.full((len(images),), -1))  # no labels
+            images, self.predict_files, labels, self.predict_failures = load_image_folder(hp.predict_dir, hp.invert)
+            self.predict_set = InMemoryDataset(images, labels)  # -1: no label (not in a class folder)
         # All four files are read and verified in every stage (~0.2 s): a corrupt test file stops `fit` before it
         # trains, not after, when test_after_fit would read it.
         if self.train_set is None:

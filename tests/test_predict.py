@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from lit_softmax import CLASSES, FashionMNISTDataModule, SoftmaxRegression, images
 from lit_softmax.errors import DataError
-from lit_softmax.images import load_image_folder, to_fashion_mnist
+from lit_softmax.images import class_of_folder, load_image_folder, to_fashion_mnist
 
 CONFIG = str(REPO / "configs/fashion_mnist.yaml")
 
@@ -67,14 +68,32 @@ def test_folder_reports_bad_files_and_keeps_the_rest(tmp_path: Path, monkeypatch
     (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 2])
     Image.new("L", (300, 300)).save(tmp_path / "huge.bmp")
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200 * 200)
-    pictures, names, failures = load_image_folder(tmp_path)
+    pictures, names, labels, failures = load_image_folder(tmp_path)
     assert names == ["a.png", "b.jpg"]
+    assert labels.tolist() == [-1, -1]  # not in a class folder
     assert pictures.shape == (2, 28, 28)
     assert pictures.dtype == torch.uint8
     reasons = dict(failures)
     assert set(reasons) == {"notes.txt", "fake.png", "truncated.jpg", "huge.bmp"}
     assert "not an image file type" in reasons["notes.txt"]
     assert "decompression bomb guard" in reasons["huge.bmp"]
+
+
+def test_subfolders_are_searched_and_class_folders_give_labels(tmp_path: Path) -> None:
+    for folder in ("Sandal", "ankle_boot", "T-shirt_top", "shirt/old", "holiday"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.fromarray(garment()).save(tmp_path / folder / "x.png")
+    Image.fromarray(garment()).save(tmp_path / "loose.png")
+    (tmp_path / ".cache").mkdir()
+    Image.fromarray(garment()).save(tmp_path / ".cache" / "hidden.png")
+    _, names, labels, failures = load_image_folder(tmp_path)
+    found = dict(zip(names, labels.tolist()))
+    assert found == {
+        "Sandal/x.png": CLASSES.index("Sandal"), "ankle_boot/x.png": CLASSES.index("Ankle boot"),
+        "T-shirt_top/x.png": CLASSES.index("T-shirt/top"), "shirt/old/x.png": CLASSES.index("Shirt"),
+        "holiday/x.png": -1, "loose.png": -1,
+    }  # fmt: skip
+    assert failures == []
 
 
 def test_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -145,3 +164,39 @@ def test_predict_test_split_and_image_folder(default_run: Path, tmp_path: Path) 
         on_originals = (model(originals.float() / 255).argmax(1) == labels).float().mean().item()
     print(f"accuracy on 300 originals {on_originals:.3f}, on rendered files {on_files:.3f}")
     assert on_files >= on_originals - 0.05
+
+
+@pytest.mark.slow
+def test_class_folders_get_true_labels_and_accuracy_also_under_ddp(default_run: Path, tmp_path: Path) -> None:
+    """Photos sorted into class-named folders: predictions.csv gets true_label, the run reports accuracy overall and
+    per class; with 2 DDP processes there is still one CSV, each file (and each failure) once."""
+    best = next(p for p in (default_run / "checkpoints").iterdir() if p.name != "last.ckpt")
+    data = ["--data.data_dir", real_data(tmp_path)]
+    dm = FashionMNISTDataModule(data_dir=real_data(tmp_path))
+    dm.setup("test")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (image, label) in enumerate(zip(dm.test_set.images[:200].numpy(), dm.test_set.labels[:200].tolist())):
+        folder = photos / CLASSES[label].replace("/", "_")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(image).resize((56, 56)).save(folder / f"{i:03d}.png")
+    (photos / "Bag" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    for extra in ([], ["--config", str(REPO / "configs/ddp_cpu.yaml")]):
+        out = run_cli("predict", "--config", CONFIG, *extra, "--ckpt_path", str(best), *data,
+                      "--data.predict_dir", str(photos), cwd=tmp_path)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        log = out.stdout + out.stderr
+        written = re.findall(r"wrote \d+ predictions to (\S+)", log)
+        assert len(written) == 1, written  # one file, named once
+        rows = read_csv(Path(tmp_path / written[0]))
+        assert len(rows) == 201
+        assert sum(r["file"].endswith("broken.png") for r in rows) == 1
+        labelled = [r for r in rows if r["predicted"]]
+        assert all(r["true_label"] == CLASSES[class_of_folder(r["file"].split("/")[0])] for r in labelled)
+        accuracy = np.mean([r["predicted"] == r["true_label"] for r in labelled])
+        reported = float(re.search(r"accuracy on the 200 labelled images: (0\.\d+)", log).group(1))
+        assert reported == pytest.approx(accuracy, abs=1e-4)
+        assert accuracy > 0.7
+        for name in CLASSES:
+            per_class = [r["predicted"] == name for r in labelled if r["true_label"] == name]
+            assert f"  {name:12s} {np.mean(per_class):.4f}  ({len(per_class)} images)" in log
