@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 
@@ -33,25 +34,49 @@ class OutputError(LitSoftmaxError, OSError):
     """A run's files cannot be written (read-only directory, full disk); what was written before is intact."""
 
 
+# Optional packages -> the pyproject.toml extra that installs them.
+EXTRAS = {"onnxruntime": "onnx", "onnxscript": "onnx", "onnx": "onnx", "optuna_integration": "sweep",
+          "optuna": "sweep", "mlflow": "mlflow", "wandb": "wandb"}  # fmt: skip
+
+
+def missing_extra(error: ImportError) -> str | None:
+    """The extra that would install the module `error` is about, if it is one of ours."""
+    text = f"{error.name or ''} {error}"
+    return next((extra for module, extra in EXTRAS.items() if re.search(rf"\b{module}\b", text)), None)
+
+
 @contextlib.contextmanager
 def exit_on_user_error():
-    """A LitSoftmaxError (also one that jsonargparse wrapped while instantiating a class) is printed as one line,
-    `lit_softmax: error: <message>`, and ends the process with its exit code (2 unless it says otherwise).
+    """An error a user can fix is printed as one line, `lit_softmax: error: <message>`, and ends the process with
+    its exit code (2 unless it says otherwise): a LitSoftmaxError (also one jsonargparse wrapped while instantiating
+    a class), Lightning's MisconfigurationException, a missing optional package (naming the extra to install).
     `LIT_SOFTMAX_TRACEBACK=1` shows the traceback instead."""
     try:
         yield
     except SIGTERMException:  # Lightning's own handler, in the moment before ours took over: a checkpoint is saved
         sys.exit(128 + signal.SIGTERM)
-    except MisconfigurationException as e:  # Lightning's word for a combination of settings it cannot run
+    except Exception as e:
         if os.environ.get("LIT_SOFTMAX_TRACEBACK"):
             raise
-        print(f"lit_softmax: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as e:
-        error = e
-        while error is not None and not isinstance(error, LitSoftmaxError):
-            error = error.__cause__  # jsonargparse re-raises an error from __init__ as a ValueError, cause kept
-        if error is None or os.environ.get("LIT_SOFTMAX_TRACEBACK"):
-            raise
-        print(f"lit_softmax: {error.prefix}{error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+        chain = []
+        while e is not None and e not in chain:  # jsonargparse re-raises an error from __init__ with its cause
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        ours = next((c for c in chain if isinstance(c, LitSoftmaxError)), None)
+        if ours is not None:
+            print(f"lit_softmax: {ours.prefix}{ours}", file=sys.stderr)
+            sys.exit(ours.exit_code)
+        missing = next((c for c in chain if isinstance(c, ImportError) and missing_extra(c)), None)
+        if missing is not None:
+            extra = missing_extra(missing)
+            print(
+                f"lit_softmax: error: {missing}. This needs the `{extra}` extra: `pip install 'lit_softmax[{extra}]'` "
+                f"(in a checkout of the project: `pip install -e '.[{extra}]'`).",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        lightning = next((c for c in chain if isinstance(c, MisconfigurationException)), None)
+        if lightning is not None:  # Lightning's word for a combination of settings it cannot run
+            print(f"lit_softmax: error: {lightning}", file=sys.stderr)
+            sys.exit(2)
+        raise

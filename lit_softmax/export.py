@@ -155,6 +155,9 @@ def export_checkpoint(model: nn.Module, datamodule, ckpt_path: Path, output: str
     of `datamodule`, written to `output` (default: model.onnx next to the checkpoint)."""
     if not atol > 0:
         raise ConfigError(f"--atol must be > 0, got {atol}; e.g. 1e-5.")
+    import onnx  # noqa: F401  (here, so a missing `onnx` extra is said before any work)
+    import onnxruntime  # noqa: F401
+
     checkpoint = load_checkpoint_safely(ckpt_path)
     model.load_state_dict(checkpoint["state_dict"])
     datamodule.prepare_data()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,27 @@ def train_size() -> int:
 
 
 def cache_dir(data_dir: str | Path) -> Path:
-    """torchvision's layout, so `torchvision.datasets.FashionMNIST(data_dir)` finds the same files."""
-    return Path(data_dir) / "FashionMNIST" / "raw"
+    """torchvision's layout, where its downloader puts the files: `torchvision.datasets.FashionMNIST(data_dir)`."""
+    return expand(data_dir) / "FashionMNIST" / "raw"
+
+
+def expand(path: str | Path) -> Path:
+    """`~` and environment variables expanded, as a shell would: `data_dir: ~/fmdata` is not `./~/fmdata`."""
+    return Path(os.path.expandvars(os.fspath(path))).expanduser()
+
+
+def user_cache() -> Path:
+    """One place per user for decompressed copies, whatever the working directory: $XDG_CACHE_HOME/lit_softmax
+    (~/.cache/lit_softmax by default)."""
+    return expand(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "lit_softmax" / "fashion-mnist"
+
+
+def _cached_copy(gz: Path, spec: IdxSpec) -> Path:
+    """The decompressed copy of `gz` in the user cache, named after the source file (path, size, time): another
+    source, or a changed one, gets its own copy, so copies of different files never mix."""
+    stat = gz.stat()
+    key = hashlib.sha256(f"{gz.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return user_cache() / key / spec.filename
 
 
 def _find(directory: Path, spec: IdxSpec) -> Path | None:
@@ -94,18 +114,19 @@ def _decompress(gz: Path, dest: Path) -> None:
         atomic_write_bytes(data, dest)
     except OSError as e:
         raise DataError(
-            f"cannot write the decompressed copy {dest} ({e}). Point `--data.data_dir` at a writable directory."
+            f"cannot write the decompressed copy {dest} ({e}). Make it writable, or set XDG_CACHE_HOME to a "
+            "writable directory (decompressed copies go to $XDG_CACHE_HOME/lit_softmax)."
         ) from e
 
 
 def locate_raw_files(data_dir: str | Path, download: bool = True) -> dict[str, Path]:
     """Return the decompressed IDX file for each entry of FILES, making it if needed.
 
-    Looks, in order, in `data_dir` (plain or torchvision layout), the system copy, then downloads.
+    Looks, in order, in `data_dir` (plain or torchvision layout), the system copy, then downloads. A `.gz` is
+    decompressed once into the user cache (`user_cache()`), shared by runs from every working directory.
     """
-    data_dir = Path(data_dir)
-    cache = cache_dir(data_dir)
-    candidates = [data_dir, cache, SYSTEM_DIR]
+    data_dir = expand(data_dir)
+    candidates = [data_dir, cache_dir(data_dir), SYSTEM_DIR]
     for directory in candidates:
         found = {key: _find(directory, spec) for key, spec in FILES.items()}
         if all(found.values()):
@@ -113,7 +134,7 @@ def locate_raw_files(data_dir: str | Path, download: bool = True) -> dict[str, P
     else:
         if download:
             _download(data_dir)
-            found = {key: _find(cache, spec) for key, spec in FILES.items()}
+            found = {key: _find(cache_dir(data_dir), spec) for key, spec in FILES.items()}
         if not download or not all(found.values()):
             looked = "\n".join(f"  - {d}" for d in candidates)
             raise DataError(
@@ -125,7 +146,7 @@ def locate_raw_files(data_dir: str | Path, download: bool = True) -> dict[str, P
     paths = {}
     for key, path in found.items():
         if path.suffix == ".gz":
-            dest = cache / FILES[key].filename
+            dest = _cached_copy(path, FILES[key])
             if not dest.is_file():
                 _decompress(path, dest)
             path = dest

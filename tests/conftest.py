@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from lit_softmax import fashion_mnist
 from lit_softmax.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests' own user cache of decompressed data (inherited by the CLI subprocesses they start).
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="lit_softmax-test-cache-"))
 SYNTHETIC = {"train": 200, "test": 50}  # 20 / 5 per class
 
 

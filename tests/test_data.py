@@ -181,16 +181,23 @@ def test_normalization_stats_are_per_pixel_of_train_split(synthetic_dir: Path) -
     assert torch.allclose(std.double(), x.std(0), atol=1e-6)
 
 
-def test_gz_is_decompressed_once_into_torchvision_layout(synthetic_dir: Path, tmp_path: Path) -> None:
+def test_gz_is_decompressed_once_into_the_user_cache(synthetic_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     work = tmp_path / "work"
     shutil.copytree(synthetic_dir, work)
     paths = locate_raw_files(work, download=False)
-    cache = work / "FashionMNIST" / "raw"
-    assert all(p.parent == cache and p.suffix != ".gz" for p in paths.values())
+    cache = tmp_path / "xdg" / "lit_softmax" / "fashion-mnist"
+    assert all(p.parent.parent == cache and p.suffix != ".gz" for p in paths.values())
+    assert not (work / "FashionMNIST").exists()  # nothing in the data directory (or the working directory)
+    other = tmp_path / "elsewhere"  # another working directory, data_dir with ~ and $VARS: the same copies
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WORK_NAME", "work")
+    assert locate_raw_files("~/$WORK_NAME", download=False) == paths
+    assert not other.exists()
     mtimes = {p: p.stat().st_mtime_ns for p in paths.values()}
     assert locate_raw_files(work, download=False) == paths
     assert {p: p.stat().st_mtime_ns for p in paths.values()} == mtimes
-    assert not list(cache.glob(".*tmp"))  # no temporary files left behind
+    assert not list(cache.glob("*/.*tmp"))  # no temporary files left behind
 
 
 # ---- corruption: each case names the file and the fix --------------------------------------------
@@ -252,7 +259,8 @@ def test_data_dir_wins_over_system_copy(synthetic_dir: Path, tmp_path: Path, mon
     system = plain_copy(synthetic_dir, tmp_path / "system")
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", system)
     paths = locate_raw_files(synthetic_dir, download=False)
-    assert all(p.is_relative_to(synthetic_dir) for p in paths.values())
+    for key, path in paths.items():  # the copies decompressed from data_dir's files, not the system's
+        assert path == fashion_mnist._cached_copy(synthetic_dir / f"{path.name}.gz", fashion_mnist.FILES[key])
 
 
 def test_system_copy_used_when_data_dir_empty(synthetic_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -266,7 +274,8 @@ def test_system_copy_used_when_data_dir_empty(synthetic_dir: Path, tmp_path: Pat
     dm = make_dm(empty, download=True)
     dm.setup("test")
     assert len(dm.test_set) == SYNTHETIC["test"]
-    assert (empty / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()  # .gz decompressed here
+    assert not empty.exists()  # .gz decompressed into the user cache, not here
+    assert list(fashion_mnist.user_cache().glob("*/t10k-images-idx3-ubyte"))
 
 
 def test_download_is_last_resort_and_offline_error_lists_places(synthetic_dir: Path, tmp_path: Path, monkeypatch):

@@ -170,12 +170,13 @@ def test_concurrent_data_preparation_never_corrupts_the_cache(tmp_path: Path) ->
         "import sys; from lit_softmax import FashionMNISTDataModule as D; "
         "d = D(data_dir=sys.argv[1], download=False); d.prepare_data(); d.setup('fit'); d.setup('test'); print('ok')"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(data_dir)], env=ENV, stdout=subprocess.PIPE,
+    env = {**ENV, "XDG_CACHE_HOME": str(tmp_path / "xdg")}  # an empty cache: both processes decompress
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(data_dir)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
-    cache = data_dir / "FashionMNIST" / "raw"
-    assert sorted(p.name for p in cache.iterdir()) == sorted(gz.stem for gz in system.glob("*.gz"))  # no .tmp left
+    cache = tmp_path / "xdg" / "lit_softmax" / "fashion-mnist"
+    assert sorted(p.name for p in cache.glob("*/*")) == sorted(gz.stem for gz in system.glob("*.gz"))  # no .tmp
 
 
 @pytest.mark.slow
