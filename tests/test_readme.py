@@ -43,13 +43,13 @@ def test_quick_start_runs_in_order_and_does_what_each_comment_says(tmp_path: Pat
     fit, experiment, test_default, test_experiment, resume, test_path, export, test_saved, debug, printed, model_help, \
         data_help = outputs  # fmt: skip
     v0, v1 = RUNS / "version_0", RUNS / "version_1"
-    assert epoch_of(v0 / "checkpoints/last.ckpt") == 40
+    assert epoch_of(v0 / "checkpoints/last.ckpt") == 40 - 1  # zero-based: the 40th epoch
     assert "test/acc" in fit
     assert yaml.safe_load((v1 / "config.yaml").read_text())["model"]["init_args"]["lr"] == 0.05  # the experiment
     assert "--ckpt_path best: logs/fashion_mnist/version_0/checkpoints/epoch" in test_default  # the config's lr
     assert "--ckpt_path best: logs/fashion_mnist/version_1/checkpoints/epoch" in test_experiment  # the typed lr
     assert "--ckpt_path last: logs/fashion_mnist/version_1/checkpoints/last.ckpt" in resume
-    assert epoch_of(v1 / "checkpoints/last.ckpt") == 6  # resumed in its own directory, trained on to 6 epochs
+    assert epoch_of(v1 / "checkpoints/last.ckpt") == 6 - 1  # resumed in its own directory, trained on to 6 epochs
     resumed = yaml.safe_load((v1 / "config.resume1.yaml").read_text())
     assert (resumed["model"]["init_args"]["lr"], resumed["trainer"]["max_epochs"]) == (0.05, 6)
     assert not [d for d in RUNS.iterdir() if d.name not in ("version_0", "version_1") and (d / "checkpoints").exists()]
@@ -59,5 +59,5 @@ def test_quick_start_runs_in_order_and_does_what_each_comment_says(tmp_path: Pat
     assert "--ckpt_path best: logs/fashion_mnist/version_1/" in test_saved
     assert (Path("logs/debug/version_0/checkpoints/last.ckpt")).is_file()
     assert yaml.safe_load(printed)["model"]["init_args"]["lr"] == 0.4
-    assert "--model.init_args.lr" in model_help
-    assert "--data.init_args.batch_size" in data_help
+    assert "--model.lr LR" in model_help
+    assert "--data.batch_size BATCH_SIZE" in data_help
