@@ -63,12 +63,15 @@ NOT_HERE = {
 }
 
 
+TRAINER_ARGUMENTS = set(inspect.signature(L.Trainer).parameters)  # of the installed Lightning (2.5 has fewer)
+
+
 def test_every_trainer_argument_has_a_row() -> None:
-    names = set(inspect.signature(L.Trainer).parameters)
-    assert names == set(ROWS) | set(NOT_HERE), f"rows missing for {sorted(names - set(ROWS) - set(NOT_HERE))}"
+    missing = TRAINER_ARGUMENTS - set(ROWS) - set(NOT_HERE)
+    assert not missing, f"Trainer arguments without a row: {sorted(missing)}"
 
 
-@pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.parametrize("name", sorted(set(ROWS) & TRAINER_ARGUMENTS))
 def test_trainer_argument_works_or_is_one_message(cli, capsys, name: str) -> None:
     flags, expected = ROWS[name]
     args = [f"--trainer.{name}", *flags]
