@@ -44,10 +44,17 @@ def pipelines(data_dir: Path, gpu: bool) -> dict[str, tuple[list[str], int]]:
     if gpu:  # one GPU, dataset resident in device memory
         lit += ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--data.on_device", "true"]
     lit += ["--trainer.logger.init_args.save_dir", str(OUT / "logs"),
-            "--trainer.callbacks+=benchmarks.epoch_timer.EpochTimer"]  # fmt: skip
+            "--trainer.callbacks+=benchmarks.epoch_timer.EpochTimer",
+            # host reads of tensor values per optimizer step (each a device sync on a GPU), tests/probes.py
+            "--trainer.callbacks+=probes.CountHostReads", "--trainer.callbacks.report", "true"]  # fmt: skip
     bare = [py, str(REPO / "benchmarks/bare_loop.py"), "--data-dir", str(data_dir), *(["--device", "cuda"] * gpu)]
     seed, default = str(REPO / "configs/seed_recipe.yaml"), str(REPO / "configs/fashion_mnist.yaml")
+    mixed = {  # the GPU rows: bf16 (Ampere+) and fp16 with a GradScaler (which reads its overflow flag)
+        "lit fashion_mnist bf16-mixed": ([*lit, "--config", default, "--trainer.precision", "bf16-mixed"], 40),
+        "lit fashion_mnist 16-mixed": ([*lit, "--config", default, "--trainer.precision", "16-mixed"], 40),
+    }
     return {
+        **(mixed if gpu else {}),
         "original script": ([py, str(REPO / "benchmarks/seed_script.py"), "--data-dir", str(data_dir)], 10),
         "bare loop, seed recipe": ([*bare, "--recipe", "seed"], 10),
         "lit seed_recipe (grouped steps)": ([*lit, "--config", seed], 10),
@@ -58,11 +65,12 @@ def pipelines(data_dir: Path, gpu: bool) -> dict[str, tuple[list[str], int]]:
     }
 
 
-def run(command: list[str]) -> tuple[float, float, float, float]:
-    """(wall seconds, peak RSS in GB, test accuracy, median epoch seconds or nan) of one process."""
+def run(command: list[str]) -> tuple[float, float, float, float, dict[str, float]]:
+    """(wall seconds, peak RSS in GB, test accuracy, median epoch seconds or nan, other measurements) of one
+    process."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+                            env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"})  # fmt: skip
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -70,8 +78,10 @@ def run(command: list[str]) -> tuple[float, float, float, float]:
         raise SystemExit(f"failed: {' '.join(command)}\n{output[-3000:]}")
     acc = re.search(r"test_acc=([0-9.]+)", output) or re.search(r"test/acc\s+([0-9.]+)", output)
     epoch = re.search(r"epoch_median=([0-9.]+)", output)
+    extra = {k: float(v) for k, v in re.findall(r"(steps_per_s|checkpoint_writes_per_epoch|gpu_peak_mb|"
+                                                r"host_reads_per_step)=([0-9.na]+)", output)}  # fmt: skip
     return (wall, usage.ru_maxrss / 1024**2, float(acc.group(1)) if acc else float("nan"),
-            float(epoch.group(1)) if epoch else float("nan"))  # fmt: skip
+            float(epoch.group(1)) if epoch else float("nan"), extra)  # fmt: skip
 
 
 def data_prep_times(source: Path) -> tuple[float, float]:
@@ -114,9 +124,10 @@ def main() -> None:
             raise SystemExit(f"unknown pipeline(s) {sorted(unknown)}; choose from {list(todo)}")
         todo = {name: todo[name] for name in args.only}
     results: dict[str, list[tuple]] = {name: [] for name in todo}
+    extras: dict[str, dict[str, float]] = {}
     for r in range(args.repeats):
         for name, (command, epochs) in todo.items():
-            wall, rss, acc, epoch = run([*command, *epoch_args(command, epochs)])
+            wall, rss, acc, epoch, extras[name] = run([*command, *epoch_args(command, epochs)])
             if epoch != epoch:  # nan: no timer inside (the original script): difference of two runs
                 epoch = (wall - run([*command, *epoch_args(command, 1)])[0]) / (epochs - 1)
             results[name].append((epoch, wall, rss, acc))
@@ -135,6 +146,17 @@ def main() -> None:
     ]
     for name, (epoch, wall, rss, acc) in med.items():
         lines.append(f"| {name} | {epoch:.3f} | {wall:.1f} | {rss:.2f} | {acc:.4f} | {todo[name][1]} |")
+    lines += ["", "| pipeline | optimizer steps/s | host reads/step | checkpoint writes/epoch | peak GPU MB |",
+              "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, extra in extras.items():
+        if extra:  # lit_softmax's runs (the last repeat)
+            cells = [extra.get(k, float("nan")) for k in ("steps_per_s", "host_reads_per_step",
+                                                          "checkpoint_writes_per_epoch", "gpu_peak_mb")]  # fmt: skip
+            lines.append(f"| {name} | {cells[0]:.0f} | {cells[1]:.3f} | {cells[2]:.2f} | {cells[3]:.0f} |")
+    write_ms = checkpoint_write_ms()
+    if write_ms is not None:
+        lines.append(f"\n- one checkpoint write (serialize + fsync + rename, AtomicCheckpointIO): {write_ms:.2f} ms "
+                     "(median of 20)")  # fmt: skip
     lines.append("")
     for name, base, what in (
         ("lit fashion_mnist", "bare loop, default recipe", "framework cost at the default recipe, per epoch"),
@@ -154,6 +176,25 @@ def main() -> None:
     print("\n" + report)
     (OUT / "results.md").write_text(report)
     plot(med)
+
+
+def checkpoint_write_ms() -> float | None:
+    """Median time of writing the default run's last.ckpt with AtomicCheckpointIO."""
+    import torch
+
+    from lit_softmax.checkpoints import AtomicCheckpointIO
+
+    last = next(iter(sorted((OUT / "logs").glob("*/version_*/checkpoints/last.ckpt"))), None)
+    if last is None:
+        return None
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    io, times = AtomicCheckpointIO(), []
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        for _ in range(20):
+            start = time.perf_counter()
+            io.save_checkpoint(checkpoint, Path(tmp) / "last.ckpt")
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def paired(results: dict, name: str, base: str, column: int) -> float:

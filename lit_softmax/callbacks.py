@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import signal
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch import callbacks
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -187,31 +188,36 @@ class GracefulInterrupt(L.Callback):
 class DivergenceGuard(L.Callback):
     """Stops training when the training loss becomes NaN or infinite, and never lets NaN weights be saved.
 
-    Every step's loss is checked on the device (no waiting); the host reads the result every
-    `check_every_n_batches` training batches, at the end of every epoch and before every checkpoint is
-    written. Checkpoints saved before the divergence (best and `last.ckpt`) stay untouched and finite.
+    Every step's loss is added up on the device (no waiting); the host reads the sum every
+    `check_every_n_batches` training batches, at the end of every epoch and before every checkpoint is written:
+    a NaN or infinite loss makes the sum NaN or infinite. The same read gives the mean training loss since the
+    previous check (`mean_loss`), which the progress bar shows, so the bar costs no read of its own. Checkpoints
+    saved before the divergence (best and `last.ckpt`) stay untouched and finite.
     """
 
     def __init__(self, check_every_n_batches: int = 10) -> None:
         """
         Args:
-            check_every_n_batches: how often the host looks at the device-side flag (each look waits for the
-                device, and with several processes is a small all-reduce, so every step would cost).
+            check_every_n_batches: how often the host reads the summed loss (each read waits for the device, and
+                with several processes is a small all-reduce, so every step would cost).
         """
         if check_every_n_batches < 1:
             raise ConfigError(
                 f"divergence_guard.check_every_n_batches must be >= 1, got {check_every_n_batches}; e.g. 10."
             )
         self.check_every_n_batches = check_every_n_batches
-        self._nonfinite: Tensor | None = None  # on the device: has any loss since the last check been NaN/inf?
+        self.mean_loss: float | None = None  # the mean training loss between the last two checks (all processes)
+        self._loss_sum: Tensor | None = None  # on the device: the losses since the last check, added up
+        self._losses = 0
         self._checked_step = 0  # the global step of the last check that found everything finite
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._nonfinite, self._checked_step = None, trainer.global_step
+        self._loss_sum, self._losses, self._checked_step = None, 0, trainer.global_step
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
-        bad = ~torch.isfinite(loss.detach())
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad  # device ops, no sync
+        loss = loss.detach().float()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss  # a device op, no sync
+        self._losses += 1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if (batch_idx + 1) % self.check_every_n_batches == 0:
@@ -224,11 +230,16 @@ class DivergenceGuard(L.Callback):
         self._check(trainer, pl_module)  # called before the checkpoint is written: a NaN never reaches the disk
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        diverged = self._nonfinite is not None and bool(self._nonfinite)  # bool(): waits for the device
+        if self._loss_sum is None:
+            return
+        total, count = self._loss_sum, self._losses
         if trainer.world_size > 1:  # all processes stop together (their losses can turn NaN a step apart)
-            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
-        if not diverged:
-            self._nonfinite, self._checked_step = None, trainer.global_step
+            total = trainer.strategy.reduce(total, reduce_op="sum")
+            count *= trainer.world_size
+        total = float(total)  # the one read: waits for the device
+        if math.isfinite(total):
+            self.mean_loss = total / count
+            self._loss_sum, self._losses, self._checked_step = None, 0, trainer.global_step
             return
         lr = pl_module.hparams.get("lr", trainer.optimizers[0].param_groups[0]["lr"])
         raise TrainingDiverged(
@@ -239,17 +250,37 @@ class DivergenceGuard(L.Callback):
         )
 
 
-class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with `last.ckpt` written at the end of every training epoch.
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing the mean training loss the DivergenceGuard read at its last check: a
+    loss logged with `prog_bar=True` would be read from the device after every step (Lightning converts progress-bar
+    values each batch, whatever the refresh rate), a device sync per step on a GPU."""
 
-    Lightning (2.6) rewrites `last.ckpt` only when it also saves a top-k checkpoint, so after a run whose best
-    epoch was 36 of 40, `last.ckpt` held epoch 36 and `fit --ckpt_path last` retrained epochs 37-39. Here it is
-    the end of the latest epoch (validation included), so a crash loses at most the epoch under way.
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        guard = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
+        if guard is not None and guard.mean_loss is not None:
+            metrics["train/loss"] = f"{guard.mean_loss:.3f}"
+        return metrics
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with `last.ckpt` written once at the end of every training epoch.
+
+    Lightning (2.6) writes `last.ckpt` when it validates, and only when it also saves a top-k checkpoint, so after
+    a run whose best epoch was 36 of 40, `last.ckpt` held epoch 36 and `fit --ckpt_path last` retrained epochs
+    37-39. Here it is the end of the latest epoch (validation included), so a crash loses at most the epoch under
+    way; `save_last` is this class's alone, so Lightning's own write of the same weights a moment earlier is not
+    made (2 writes an improving epoch instead of 3: benchmarks/bench.py prints them).
     """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not hasattr(self, "_write_last"):  # once: setup runs again for the final test
+            self._write_last, self.save_last = self.save_last, False
+        super().setup(trainer, pl_module, stage)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and self.dirpath and not trainer.fast_dev_run and not trainer.sanity_checking:
+        if self._write_last and self.dirpath and not trainer.fast_dev_run and not trainer.sanity_checking:
             trainer.save_checkpoint(last_checkpoint_path(trainer), weights_only=False)  # all of it, to resume
 
 

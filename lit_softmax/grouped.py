@@ -128,7 +128,7 @@ class GroupedSoftmaxRegression(SoftmaxRegression):
             return
         # Once per group rather than per step: one metric update, one logged value (the group's mean loss).
         self.train_acc.update(torch.cat(logits), torch.cat(labels))
-        self.log("train/loss", torch.stack(losses).mean(), prog_bar=True)
+        self.log("train/loss", torch.stack(losses).mean())
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
 
     def configure_optimizers(self):

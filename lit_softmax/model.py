@@ -139,7 +139,9 @@ class SoftmaxRegression(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, y = self.model_step(batch)
         self.train_acc.update(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
+        # Logged every `log_every_n_steps`, read from the device only then; no prog_bar=True, which would read it
+        # after every step (the bar shows the DivergenceGuard's mean loss instead: lit_softmax/callbacks.py).
+        self.log("train/loss", loss)
         return loss
 
     def on_train_epoch_end(self) -> None:

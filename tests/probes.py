@@ -87,3 +87,87 @@ class BlowUpAt(L.Callback):
         if trainer.current_epoch >= self.epoch:
             for group in trainer.optimizers[0].param_groups:
                 group["lr"] = self.lr
+
+
+class CountHostReads(L.Callback):
+    """Counts host reads of tensor values (each one a device sync on a GPU) during training batches, with their call
+    sites: from a batch's start to the next batch's start, validation and epoch ends left out. `steps` counts
+    optimizer steps. Writes {"steps": ..., "reads": {site: count}} per rank to `out` (a .json path prefix)."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__format__", "nonzero", "cpu",
+             "numpy", "unique"}  # fmt: skip
+
+    def __init__(self, out: str = "", skip_epochs: int = 1, report: bool = False) -> None:
+        self.out, self.skip_epochs, self.report = out, skip_epochs, report
+        self.sites: dict[str, int] = {}
+        self.steps = 0
+        self._mode = None
+        self._start_step = None
+
+    def _start(self) -> None:
+        if self._mode is None:
+            self._mode = _HostReadMode(self)
+            self._mode.__enter__()
+
+    def _stop(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch >= self.skip_epochs:  # the first epoch warms up (lazy set-up, first logging)
+            self._start_step = trainer.global_step
+            self._start()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._stop()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._start_step is not None and trainer.training:
+            self._start()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop()
+        if self._start_step is not None:
+            self.steps += trainer.global_step - self._start_step
+            self._start_step = None
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._stop()
+        if self.out:
+            Path(f"{self.out}.rank{trainer.global_rank}.json").write_text(json.dumps(self.summary()))
+        if self.report and trainer.is_global_zero and self.steps:  # benchmarks/bench.py reads this line
+            print(f"host_reads_per_step={sum(self.sites.values()) / self.steps:.3f}", flush=True)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._stop()
+
+    def summary(self) -> dict:
+        return {"steps": self.steps, "reads": dict(sorted(self.sites.items(), key=lambda kv: -kv[1]))}
+
+
+def _call_site() -> str:
+    """The innermost frame outside torch itself: whose code asked for the value."""
+    import traceback
+
+    for frame in reversed(traceback.extract_stack()[:-3]):
+        if "/torch/utils/data/" in frame.filename or not any(
+            skip in frame.filename for skip in ("/torch/", "probes.py", "lightning_utilities/")
+        ):
+            where = frame.filename.split("site-packages/")[-1].split("/lit_softmax/")[-1]
+            return f"{where}:{frame.lineno} {frame.name}"
+    return "?"
+
+
+class _HostReadMode:
+    def __new__(cls, counter: CountHostReads):
+        from torch.overrides import TorchFunctionMode
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                if getattr(func, "__name__", "") in CountHostReads.READS:
+                    site = f"{func.__name__} at {_call_site()}"
+                    counter.sites[site] = counter.sites.get(site, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        return Mode()

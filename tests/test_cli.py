@@ -40,7 +40,11 @@ def test_every_config_parses(capsys, config: Path) -> None:
         for key, value in given.items():
             assert resolved[section]["init_args"][key] == value, f"{config.name}: {section}.{key}"
     for key, value in (mine.get("trainer") or {}).items():
-        if key not in ("logger", "callbacks"):
+        if isinstance(value, dict) and "class_path" in value and key != "logger":  # e.g. the DDP strategy
+            assert resolved["trainer"][key]["class_path"] == value["class_path"], f"{config.name}: trainer.{key}"
+            for arg, arg_value in (value.get("init_args") or {}).items():
+                assert resolved["trainer"][key]["init_args"][arg] == arg_value, f"{config.name}: trainer.{key}.{arg}"
+        elif key not in ("logger", "callbacks"):
             assert resolved["trainer"][key] == value, f"{config.name}: trainer.{key}"
         elif key == "callbacks":
             assert [c["class_path"] for c in resolved["trainer"][key]] == [c["class_path"] for c in value]

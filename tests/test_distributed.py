@@ -157,6 +157,7 @@ def test_two_nodes_with_torchrun_match_two_processes(ddp_run, tmp_path: Path) ->
             "--config", probe, "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "2",
             "--trainer.max_epochs", "3", "--data.data_dir", real_data(tmp_path),
             "--trainer.enable_progress_bar", "false",
+            "--trainer.strategy.broadcast_buffers", "true",  # DDP's default; configs/ddp_cpu.yaml turns it off
         ]  # fmt: skip
         procs.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
@@ -170,6 +171,11 @@ def test_two_nodes_with_torchrun_match_two_processes(ddp_run, tmp_path: Path) ->
     assert [r["epochs"] for r in records] == [r["epochs"] for r in ddp_records]
     assert [r.name for r in (tmp_path / "logs" / "fashion_mnist").iterdir()] == ["version_0"]
     assert scalars(tmp_path / "logs" / "fashion_mnist" / "version_0")["test/acc"][-1] > 0.80
+    # Buffers re-sent before every forward (here) or not (ddp_cpu.yaml): the same model, the buffers never change.
+    runs = tmp_path / "logs/fashion_mnist/version_0", ddp_run[0] / "logs/fashion_mnist/version_0"
+    weights = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for r in runs]
+    for key in weights[0]:
+        assert torch.allclose(weights[0][key], weights[1][key], rtol=0, atol=1e-6), key
 
 
 # ---- mixed precision ------------------------------------------------------------------------------
@@ -231,7 +237,11 @@ def test_gpu_configs_parse_and_validate(capsys, monkeypatch, name: str) -> None:
     assert info.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     for key, value in yaml.safe_load((REPO / f"configs/{name}.yaml").read_text())["trainer"].items():
-        assert resolved["trainer"][key] == value
+        if isinstance(value, dict):  # the DDP strategy: its class and the arguments the file sets
+            assert resolved["trainer"][key]["class_path"] == value["class_path"]
+            assert value["init_args"].items() <= resolved["trainer"][key]["init_args"].items()
+        else:
+            assert resolved["trainer"][key] == value
     assert resolved["model"]["init_args"]["lr"] == 0.4  # composed on top of the default
 
 
