@@ -37,31 +37,38 @@ TEXTBOOK = [
 ]
 
 
+# Host reads of tensor values per optimizer step (each a device sync on a GPU): tests/probes.py's counter.
+COUNT_HOST_READS = ["--trainer.callbacks+=probes.CountHostReads", "--trainer.callbacks.report", "true"]
+
+
 def pipelines(data_dir: Path, gpu: bool) -> dict[str, tuple[list[str], int]]:
     """name -> (command, epochs)."""
     py = sys.executable
-    lit = [py, "-m", "lit_softmax", "fit", "--data.data_dir", str(data_dir)]
+    # Arguments after the recipe's --config: its `callbacks:` list replaces callbacks added before it.
+    after = ["--data.data_dir", str(data_dir)]
     if gpu:  # one GPU, dataset resident in device memory
-        lit += ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--data.on_device", "true"]
-    lit += ["--trainer.logger.init_args.save_dir", str(OUT / "logs"),
-            "--trainer.callbacks+=benchmarks.epoch_timer.EpochTimer",
-            # host reads of tensor values per optimizer step (each a device sync on a GPU), tests/probes.py
-            "--trainer.callbacks+=probes.CountHostReads", "--trainer.callbacks.report", "true"]  # fmt: skip
+        after += ["--trainer.accelerator", "gpu", "--trainer.devices", "1", "--data.on_device", "true"]
+    after += ["--trainer.logger.init_args.save_dir", str(OUT / "logs"),
+              "--trainer.callbacks+=benchmarks.epoch_timer.EpochTimer"]  # fmt: skip
+
+    def lit(config: str, *args: str) -> list[str]:
+        return [py, "-m", "lit_softmax", "fit", "--config", config, *args, *after]
+
     bare = [py, str(REPO / "benchmarks/bare_loop.py"), "--data-dir", str(data_dir), *(["--device", "cuda"] * gpu)]
     seed, default = str(REPO / "configs/seed_recipe.yaml"), str(REPO / "configs/fashion_mnist.yaml")
     mixed = {  # the GPU rows: bf16 (Ampere+) and fp16 with a GradScaler (which reads its overflow flag)
-        "lit fashion_mnist bf16-mixed": ([*lit, "--config", default, "--trainer.precision", "bf16-mixed"], 40),
-        "lit fashion_mnist 16-mixed": ([*lit, "--config", default, "--trainer.precision", "16-mixed"], 40),
+        "lit fashion_mnist bf16-mixed": (lit(default, "--trainer.precision", "bf16-mixed"), 40),
+        "lit fashion_mnist 16-mixed": (lit(default, "--trainer.precision", "16-mixed"), 40),
     }
     return {
         **(mixed if gpu else {}),
         "original script": ([py, str(REPO / "benchmarks/seed_script.py"), "--data-dir", str(data_dir)], 10),
         "bare loop, seed recipe": ([*bare, "--recipe", "seed"], 10),
-        "lit seed_recipe (grouped steps)": ([*lit, "--config", seed], 10),
+        "lit seed_recipe (grouped steps)": (lit(seed), 10),
         # The same recipe with the textbook classes, one SGD step per training_step call: what grouping saves.
-        "lit seed_recipe, 1 step/call": ([*lit, "--config", seed, *TEXTBOOK, "--trainer.log_every_n_steps", "50"], 10),
+        "lit seed_recipe, 1 step/call": (lit(seed, *TEXTBOOK, "--trainer.log_every_n_steps", "50"), 10),
         "bare loop, default recipe": ([*bare, "--recipe", "default"], 40),
-        "lit fashion_mnist": ([*lit, "--config", default], 40),
+        "lit fashion_mnist": (lit(default), 40),
     }
 
 
@@ -110,7 +117,12 @@ def main() -> None:
     from lit_softmax.fashion_mnist import SYSTEM_DIR, cache_dir, locate_raw_files
 
     data_dir = Path(args.data_dir)
-    locate_raw_files(data_dir)  # torchvision's layout, which the original script reads
+    # The original script reads torchvision's layout, data_dir/FashionMNIST/raw: links to the verified copies.
+    cache_dir(data_dir).mkdir(parents=True, exist_ok=True)
+    for path in locate_raw_files(data_dir).values():
+        link = cache_dir(data_dir) / path.name
+        if not link.exists():
+            link.symlink_to(path.resolve())
     OUT.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(OUT / "logs", ignore_errors=True)
     cold, warm = data_prep_times(
@@ -133,6 +145,11 @@ def main() -> None:
             results[name].append((epoch, wall, rss, acc))
             print(f"[{r + 1}/{args.repeats}] {name:32s} epoch {epoch:6.3f} s  wall {wall:6.1f} s  "
                   f"rss {rss:4.2f} GB  acc {acc:.4f}", flush=True)  # fmt: skip
+
+    for name, (command, _) in todo.items():  # counted apart: the counter's TorchFunctionMode slows what it watches
+        if "lit_softmax" in command:
+            counted = run([*command, *COUNT_HOST_READS, *epoch_args(command, 3)])[4]
+            extras[name]["host_reads_per_step"] = counted.get("host_reads_per_step", float("nan"))
 
     med = {name: [statistics.median(column) for column in zip(*rows)] for name, rows in results.items()}
     import torch

@@ -122,8 +122,9 @@ def _saved_since(cmd: Command) -> bool:
 
 
 def _current() -> Command:
+    global _command
     if _command is None:  # SoftmaxCLI built directly, e.g. from a notebook: the command line is sys.argv
-        return Command(sys.argv[1:], scoped=False)
+        _command = Command(sys.argv[1:], scoped=False)  # until after_instantiate, which ends such a command
     return _command
 
 
@@ -335,6 +336,7 @@ def _continue_logger_runs(logger, cmd: Command) -> list:
 # ---- after instantiation (SoftmaxCLI.after_instantiate_classes) -------------------------------------------------
 def after_instantiate(cli: LightningCLI) -> None:
     """Hand the instantiated run what it needs, and unpin the run's ids from the config that will be saved."""
+    global _command
     cmd = _current()
     for callback in cli.trainer.callbacks:
         if isinstance(callback, RunConfig):
@@ -346,6 +348,8 @@ def after_instantiate(cli: LightningCLI) -> None:
             target[key] = value
         else:
             del target[key]
+    if not cmd.scoped:  # no `command()` scope to end it
+        _command = None
     _check_fits_model(cli, cmd)
 
 
