@@ -80,3 +80,12 @@ def test_trainer_argument_works_or_is_one_message(cli, capsys, name: str) -> Non
     else:
         err = error_of(capsys, cli, *args)
         assert expected.removeprefix("refused: ") in err
+
+
+@pytest.mark.parametrize("flag", ["--optimizer", "--lr_scheduler"])
+def test_lightning_clis_automatic_optimizer_arguments_are_not_offered(cli, capsys, flag: str) -> None:
+    """They trained Adam while hparams.yaml recorded the model's sgd; the model's own `--model.optimizer` is the one
+    way, recorded truthfully."""
+    err = error_of(capsys, cli, flag, "Adam")
+    assert flag in err
+    assert "Traceback" not in err
