@@ -4,7 +4,6 @@ Trainer has a row in tests/test_trainer_args.py)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from lightning.pytorch.callbacks import ProgressBar
@@ -16,6 +15,7 @@ from lightning.pytorch.plugins.environments import (
 )
 
 from lit_softmax.errors import ConfigError
+from lit_softmax.run import class_of
 
 
 def reconcile(config) -> None:
@@ -41,7 +41,7 @@ def reconcile(config) -> None:
     if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
         # A config may bring its own progress bar (configs/fashion_mnist.yaml redraws every 10th batch);
         # `--trainer.enable_progress_bar false` then means "no bar" rather than Lightning's conflict error.
-        trainer["callbacks"] = [c for c in trainer["callbacks"] if not _is_progress_bar(getattr(c, "class_path", ""))]
+        trainer["callbacks"] = [c for c in trainer["callbacks"] if not _is_progress_bar(c)]
 
 
 def check_with_model(model, trainer) -> None:
@@ -60,7 +60,6 @@ def _launched_by_a_cluster_tool() -> bool:
     return any(env.detect() for env in detectors) or "NODE_RANK" in os.environ or "WORLD_SIZE" in os.environ
 
 
-def _is_progress_bar(class_path: str) -> bool:
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name, None) if module else None
-    return isinstance(cls, type) and issubclass(cls, ProgressBar)
+def _is_progress_bar(callback) -> bool:
+    cls = class_of(callback)
+    return cls is not None and issubclass(cls, ProgressBar)

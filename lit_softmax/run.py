@@ -25,6 +25,7 @@ What this module guarantees, and where the CLI asks it to (`lit_softmax/cli.py`)
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import os
 import shutil
@@ -184,7 +185,7 @@ def _use_checkpoint(cli: LightningCLI, cmd: Command, subcommand: str) -> None:
     if ckpt_path in ("best", "last"):
         if subcommand == "fit" and ckpt_path == "best":
             raise CheckpointError("fit --ckpt_path best is not supported; resume with `--ckpt_path last`.")
-        ignore = {"lr"} if "model.lr" in typed else set()
+        ignore = set(RESUMABLE_MODEL_KEYS) if "model.lr" in typed else set()
         path = find_run_checkpoint(runs_root(config), ckpt_path, lambda c: recipe_differences(c, config, ignore))
         rank_zero_info(f"--ckpt_path {ckpt_path}: {path} (the newest run trained with these model and data settings)")
     elif Path(ckpt_path).is_file():
@@ -262,18 +263,17 @@ def _default_logger_settings(config) -> None:
             logger.init_args.artifact_location = str((save_dir / "mlartifacts").resolve())
 
 
-def _logger_class(logger) -> type | None:
-    class_path = getattr(logger, "class_path", None)
-    if class_path is None:
-        return None
-    module, _, name = class_path.rpartition(".")
-    return getattr(sys.modules.get(module) or __import__(module, fromlist=[name]), name, None)
+def class_of(section) -> type | None:
+    """The class a config section names (`class_path: package.module.Class`), or None."""
+    module, _, name = (getattr(section, "class_path", None) or "").rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None) if module else None
+    return cls if isinstance(cls, type) else None
 
 
 def _names_its_directory(logger) -> bool:
     """TensorBoard and CSV loggers write into `<save_dir>/<name>/version_<version>`: the run directory."""
-    cls = _logger_class(logger)
-    return isinstance(cls, type) and issubclass(cls, (TensorBoardLogger, CSVLogger))
+    cls = class_of(logger)
+    return cls is not None and issubclass(cls, (TensorBoardLogger, CSVLogger))
 
 
 def _pin_run_directory(config, cmd: Command) -> None:
@@ -320,8 +320,8 @@ def _pin(target, key: str, value) -> tuple:
 def _continue_logger_runs(logger, cmd: Command) -> list:
     """A resumed run writes into the same logger run: TensorBoard hides events the interrupted process logged after
     its checkpoint (SummaryWriter's purge_step), MLflow and W&B continue the run id recorded in run.yaml."""
-    cls = _logger_class(logger)
-    if not isinstance(cls, type):
+    cls = class_of(logger)
+    if cls is None:
         return []
     if issubclass(cls, TensorBoardLogger):
         purge = {**(logger.get("dict_kwargs") or {}), "purge_step": cmd.checkpoint["global_step"] + 1}
