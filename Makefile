@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/fashion_mnist.yaml
 SYSTEM_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data fit test test-fast test-lowest lint bench clean
+.PHONY: setup data postgres fit test test-fast test-lowest lint bench clean
 
 setup: $(VENV)/.installed data
 
@@ -28,10 +28,21 @@ data:
 	  && mkdir -p data/FashionMNIST/raw && cp $$tmp/x$(SYSTEM_DATA)/*.gz data/FashionMNIST/raw/ && rm -rf $$tmp; \
 	fi
 
+# PostgreSQL's server programs for the sweep tests, which start a throwaway cluster of their own on 127.0.0.1
+# (initdb in a temporary folder): installed when root, otherwise named. Nothing is started here.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "PostgreSQL: found"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else \
+	  echo "PostgreSQL missing: the PostgreSQL sweep tests need it (sudo apt-get install postgresql)"; \
+	fi
+
 fit: setup
 	$(PY) -m lit_softmax fit --config $(CONFIG)
 
-test: setup
+test: setup postgres
 	$(PY) -m pytest
 
 test-fast: setup
@@ -45,7 +56,7 @@ $(LOWEST)/.installed: pyproject.toml .ci/lowest.txt
 	$(LOWEST)/bin/python -m pip install --quiet -c .ci/lowest.txt -e '.[dev]'
 	touch $@
 
-test-lowest: $(LOWEST)/.installed data
+test-lowest: $(LOWEST)/.installed data postgres
 	$(LOWEST)/bin/python -m pytest -m "not slow"
 
 bench: setup

@@ -11,9 +11,9 @@ from lit_softmax.errors import exit_on_user_error
 def main(args: list[str] | None = None) -> None:
     """`args`: the command line without the program name (None: `sys.argv`)."""
     if (sys.argv[1:] if args is None else args)[:1] == ["sweep"]:
-        from lit_softmax.sweep import sweep_main  # optuna only when sweeping
+        with exit_on_user_error():  # a missing optuna says which extra to install
+            from lit_softmax.sweep import sweep_main  # optuna only when sweeping
 
-        with exit_on_user_error():
             sweep_main((sys.argv[1:] if args is None else args)[1:])
     else:
         from lit_softmax.cli import main as cli_main

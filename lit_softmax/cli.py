@@ -128,6 +128,11 @@ TRAINER_DEFAULTS = {
 }
 
 
+DESCRIPTION = "Softmax regression on Fashion-MNIST with Lightning: train, evaluate, predict and export."
+# `sweep` has its own small command line (lit_softmax/sweep.py); --help lists it beside the Trainer's subcommands.
+SWEEP_HELP = "Also: sweep  Hyper-parameter search with Optuna (python -m lit_softmax sweep --help)."
+
+
 def build(args: list[str] | None = None, callbacks: list[L.Callback] | None = None, run_subcommand: bool = True
           ) -> SoftmaxCLI:  # fmt: skip
     """The CLI for `args` (None: `sys.argv`, as from the shell); `callbacks` go to the Trainer as well (the sweep
@@ -145,6 +150,7 @@ def build(args: list[str] | None = None, callbacks: list[L.Callback] | None = No
             auto_configure_optimizers=False,  # the model's own `optimizer`/`lr` arguments, recorded in hparams.yaml
             args=args,
             run=run_subcommand,
+            parser_kwargs={"description": DESCRIPTION, "epilog": SWEEP_HELP},  # the top-level --help
         )
 
 

@@ -175,3 +175,13 @@ def error_of(capsys, run, *flags: str, subcommand: str = "fit") -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """A real PostgreSQL server on 127.0.0.1 for this test session (servers.PostgreSQL); `.database(name)` -> URL."""
+    from servers import PostgreSQL
+
+    server = PostgreSQL()
+    yield server
+    server.stop()
