@@ -433,6 +433,7 @@ def run_sweep(options: argparse.Namespace) -> None:
     if recorded is None:
         study.set_user_attr("space", space)
         study.set_user_attr("objective", f"max {OBJECTIVE}")
+        study.set_metric_names([OBJECTIVE])  # optuna-dashboard's axes say val/acc, not "Objective 0"
     elif recorded != json.loads(json.dumps(space)):
         raise SweepError(
             f"study {name!r} in {shown} was created with another search space:\n  there: {recorded}\n  here:  "
