@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/fashion_mnist.yaml
 SYSTEM_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data postgres fit test test-fast test-lowest lint bench clean
+.PHONY: setup data postgres chromium fit test test-fast test-lowest lint bench clean
 
 setup: $(VENV)/.installed data
 
@@ -39,10 +39,20 @@ postgres:
 	  echo "PostgreSQL missing: the PostgreSQL sweep tests need it (sudo apt-get install postgresql)"; \
 	fi
 
+# Chromium for the serve page's browser test (driven headless by Playwright): installed when root, otherwise named.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  echo "Chromium: found"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	  echo "Chromium missing: the serve page's browser test needs it (sudo apt-get install chromium)"; \
+	fi
+
 fit: setup
 	$(PY) -m lit_softmax fit --config $(CONFIG)
 
-test: setup postgres
+test: setup postgres chromium
 	$(PY) -m pytest
 
 test-fast: setup

@@ -39,7 +39,8 @@ from lit_softmax.model import SoftmaxRegression
 
 
 class Trainer(L.Trainer):
-    """Lightning's Trainer plus `export`: every Trainer method listed in `SoftmaxCLI.subcommands` is a subcommand."""
+    """Lightning's Trainer plus `export` and `serve`: every Trainer method in `SoftmaxCLI.subcommands` is a
+    subcommand."""
 
     def export(
         self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str = "best",
@@ -59,12 +60,30 @@ class Trainer(L.Trainer):
 
         return export_checkpoint(model, datamodule, Path(ckpt_path), output, atol)
 
+    def serve(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None, ckpt_path: str = "best",
+        host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 16, batch_timeout: float = 0.0,
+        weights_only: bool | None = None,
+    ) -> None:  # fmt: skip
+        """Serve the checkpoint's model over HTTP (LitServe): POST /predict, a page to try it at /, GET /health.
+
+        Args:
+            ckpt_path: `best` or `last` (of the newest run of this config), or a .ckpt path.
+            host: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface).
+            max_batch_size: requests that arrive together are answered by one model call, up to this many.
+            batch_timeout: seconds to wait for more requests to join a batch (0: only those already waiting).
+            weights_only: accepted so that any saved config works here; checkpoints are always loaded safely.
+        """
+        from lit_softmax.serve import serve_checkpoint  # litserve only when serving
+
+        serve_checkpoint(model, datamodule, Path(ckpt_path), host, port, max_batch_size, batch_timeout)
+
 
 class SoftmaxCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         # name -> the method's arguments the CLI fills in itself (the instantiated model and datamodule)
-        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}, "serve": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The model and data classes default to the textbook pair; a config may pick subclasses by `class_path`
@@ -128,7 +147,7 @@ TRAINER_DEFAULTS = {
 }
 
 
-DESCRIPTION = "Softmax regression on Fashion-MNIST with Lightning: train, evaluate, predict and export."
+DESCRIPTION = "Softmax regression on Fashion-MNIST with Lightning: train, evaluate, predict, export and serve."
 # `sweep` has its own small command line (lit_softmax/sweep.py); --help lists it beside the Trainer's subcommands.
 SWEEP_HELP = "Also: sweep  Hyper-parameter search with Optuna (python -m lit_softmax sweep --help)."
 

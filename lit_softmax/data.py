@@ -57,7 +57,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             on_device: keep the whole dataset (55 MB of uint8 for train+val+test) on the training device, so a
                 GPU step reads its batch from device memory: no host-to-device copy, no pinned buffers.
                 A no-op on CPU.
-            predict_dir: a folder of PNG/JPEG/BMP images to `predict` on, instead of the test split.
+            predict_dir: a folder of PNG/JPEG/BMP/TIFF images to `predict` on, instead of the test split.
             invert: for predict_dir images. Fashion-MNIST is a light garment on black; "auto" inverts images
                 whose border is light (dark-on-light photos), "yes"/"no" force it.
         """

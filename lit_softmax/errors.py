@@ -8,8 +8,6 @@ import re
 import signal
 import sys
 
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
-
 
 class LitSoftmaxError(Exception):
     """Base class: the message says what was wrong and how to fix it."""
@@ -36,7 +34,7 @@ class OutputError(LitSoftmaxError, OSError):
 
 # Optional packages -> the pyproject.toml extra that installs them.
 EXTRAS = {"onnxruntime": "onnx", "onnxscript": "onnx", "onnx": "onnx", "optuna_integration": "sweep",
-          "optuna": "sweep", "mlflow": "mlflow", "wandb": "wandb"}  # fmt: skip
+          "optuna": "sweep", "mlflow": "mlflow", "wandb": "wandb", "litserve": "serve"}  # fmt: skip
 
 
 def missing_extra(error: ImportError) -> str | None:
@@ -53,10 +51,13 @@ def exit_on_user_error():
     `LIT_SOFTMAX_TRACEBACK=1` shows the traceback instead."""
     try:
         yield
-    except SIGTERMException:  # Lightning's own handler, in the moment before ours took over: a checkpoint is saved
-        sys.exit(128 + signal.SIGTERM)
-    except Exception as e:
-        if os.environ.get("LIT_SOFTMAX_TRACEBACK"):
+    except BaseException as e:
+        # Imported here: a process that only imports lit_softmax (the model server's workers) stays torch-free.
+        from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+
+        if isinstance(e, SIGTERMException):  # Lightning's own handler, in the moment before ours took over
+            sys.exit(128 + signal.SIGTERM)  # (a checkpoint is saved)
+        if not isinstance(e, Exception) or os.environ.get("LIT_SOFTMAX_TRACEBACK"):
             raise
         chain = []
         while e is not None and e not in chain:  # jsonargparse re-raises an error from __init__ with its cause

@@ -54,7 +54,17 @@ RECIPE_DATA_KEYS = ("batch_size", "val_size", "split_seed")
 RESUMABLE_MODEL_KEYS = ("lr",)
 # The arguments of the subcommand methods (Trainer.fit, ..., export): what one command does, not what the run is.
 # A saved config leaves them out, so it is a valid --config for every subcommand.
-ACTION_KEYS = ("ckpt_path", "weights_only", "return_predictions", "output", "atol")
+ACTION_KEYS = (
+    "ckpt_path",
+    "weights_only",
+    "return_predictions",
+    "output",
+    "atol",
+    "host",
+    "port",
+    "max_batch_size",
+    "batch_timeout",
+)
 
 
 @dataclass
@@ -174,7 +184,7 @@ def prepare(cli: LightningCLI) -> None:
         _use_checkpoint(cli, cmd, subcommand)
         config = cli.config[subcommand]
     _default_logger_settings(config)
-    if subcommand != "export":  # export writes next to its checkpoint, never a run directory
+    if subcommand not in ("export", "serve"):  # they write next to their checkpoint, never a run directory
         _pin_run_directory(config, cmd)
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import REPO, real_data, run_cli, scalars
 from PIL import Image
 
-from lit_softmax import CLASSES, FashionMNISTDataModule, SoftmaxRegression, images
+from lit_softmax import CLASSES, FashionMNISTDataModule, SoftmaxRegression, pixels
 from lit_softmax.errors import DataError
 from lit_softmax.images import class_of_folder, load_image_folder, to_fashion_mnist
 
@@ -67,7 +67,7 @@ def test_folder_reports_bad_files_and_keeps_the_rest(tmp_path: Path, monkeypatch
     good = (tmp_path / "b.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 2])
     Image.new("L", (300, 300)).save(tmp_path / "huge.bmp")
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200 * 200)
+    monkeypatch.setattr(pixels, "MAX_IMAGE_PIXELS", 200 * 200)
     pictures, names, labels, failures = load_image_folder(tmp_path)
     assert names == ["a.png", "b.jpg"]
     assert labels.tolist() == [-1, -1]  # not in a class folder

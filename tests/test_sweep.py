@@ -573,5 +573,5 @@ def test_help_lists_sweep_beside_the_trainer_subcommands(monkeypatch, capsys) ->
         main(None)
     assert info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "{fit,validate,test,predict,export}" in out
+    assert "{fit,validate,test,predict,export,serve}" in out
     assert "Also: sweep Hyper-parameter search with Optuna (python -m lit_softmax sweep --help)" in out
