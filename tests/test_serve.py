@@ -169,6 +169,28 @@ def test_health_page_and_no_files_in_the_working_directory(server: Server) -> No
     assert len(templates["classes"]) == 10
     assert len(templates["templates"]) == 10 and len(templates["templates"][0]) == 784  # noqa: PT018
     assert sorted(p.name for p in server.where.iterdir()) == ["checkpoints", "data"]  # no client.py, no logs/
+    # The model's worker process (spawned by LitServe) runs without torch: pixels.py and onnxruntime only.
+    workers = [
+        pid for pid in descendants(server.process.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert workers
+    assert all("libtorch" not in Path(f"/proc/{pid}/maps").read_text() for pid in workers)
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        parents[int(status.parent.name)] = int(ppid.split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 @pytest.mark.slow
