@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/fashion_mnist.yaml
 SYSTEM_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data postgres chromium fit test test-fast test-lowest lint bench clean
+.PHONY: setup data postgres chromium notebooks fit test test-fast test-lowest lint bench clean
 
 setup: $(VENV)/.installed data
 
@@ -68,6 +68,10 @@ $(LOWEST)/.installed: pyproject.toml .ci/lowest.txt
 
 test-lowest: $(LOWEST)/.installed data postgres
 	$(LOWEST)/bin/python -m pytest -m "not slow"
+
+# Rewrite both tutorial notebooks from notebooks/build.py and execute them (~35 s each), outputs included.
+notebooks: setup
+	cd notebooks && ../$(PY) build.py
 
 bench: setup
 	$(PY) benchmarks/bench.py

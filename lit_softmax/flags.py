@@ -1,5 +1,5 @@
 """Trainer flags a Lightning user passes out of habit: reconciled with what every run of this project does, or
-refused before anything runs with one message that says why (README "Lightning flags"; every argument of the
+refused before anything runs with one message that says why (docs/flags.md; every argument of the
 Trainer has a row in tests/test_trainer_args.py)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def reconcile(config) -> None:
     if nodes > 1 and not _launched_by_a_cluster_tool():
         raise ConfigError(
             f"--trainer.num_nodes {nodes} needs a launcher that starts the other node(s) (torchrun --nnodes, SLURM "
-            'srun, ...); started alone, this process would wait for them forever. See README "Multi-node".'
+            'srun, ...); started alone, this process would wait for them forever. See docs/scaling.md, "Multi-node".'
         )
     if trainer.get("enable_checkpointing") is False and "checkpoint" in config:
         # The `checkpoint` section always adds a ModelCheckpoint, which Lightning refuses next to

@@ -97,7 +97,7 @@ class SoftmaxRegression(L.LightningModule):
             )
         # Standardisation folded into the layer, which stays linear in the raw pixels:
         #   ((x - mean) / std) @ W.T + b  ==  x @ (W / std).T + (b - (W / std) @ mean)
-        # two (10, 784) ops per step instead of two passes over the (B, 784) batch (README "Performance");
+        # two (10, 784) ops per step instead of two passes over the (B, 784) batch (docs/performance.md);
         # gradients reach W and b exactly as through the two-pass form (tested against it).
         weight = self.linear.weight / self.pixel_std
         return F.linear(x, weight, self.linear.bias - weight @ self.pixel_mean)  # (B, 784) -> (B, num_classes)

@@ -1,4 +1,5 @@
-"""The README's quick-start block, run as written, in its order, on the real data: each comment holds."""
+"""The quick-start block (docs/usage.md, linked from the README), run as written, in its order, on the real data:
+each comment holds."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ RUNS = Path("logs/fashion_mnist")
 
 
 def quick_start() -> list[str]:
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/usage.md").read_text()
     block = readme.split("<!-- quick-start -->")[1].split("<!-- /quick-start -->")[0]
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("python -m lit_softmax")]
 

@@ -192,11 +192,11 @@ def test_mlflow_resume_continues_the_same_mlflow_run(lit, tmp_path: Path) -> Non
 
 
 def test_grouped_checkpoints_load_with_the_readme_line(lit) -> None:
-    """README "From Python": the one import line that lets Lightning load a configs/seed_recipe.yaml checkpoint."""
+    """docs/usage.md "From Python": the one import line that lets Lightning load a configs/seed_recipe.yaml checkpoint."""
     from conftest import REPO
 
     lit.fit("--config", str(REPO / "configs/seed_recipe.yaml"), "--config", DEBUG, "--trainer.max_epochs", "1")
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/usage.md").read_text()
     snippet = readme.split("<!-- from-python -->")[1].split("```python")[1].split("```")[0]
     path = str(RUNS / "version_0/checkpoints/last.ckpt")
     namespace = {"images": torch.rand(3, 1, 28, 28)}

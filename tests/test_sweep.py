@@ -136,7 +136,7 @@ def distinct(trials) -> int:
 
 def readme_commands(marker: str) -> list[str]:
     """The command lines of the README block between `<!-- marker -->` and `<!-- /marker -->`."""
-    block = (REPO / "README.md").read_text().split(f"<!-- {marker} -->")[1].split(f"<!-- /{marker} -->")[0]
+    block = (REPO / "docs/sweeps.md").read_text().split(f"<!-- {marker} -->")[1].split(f"<!-- /{marker} -->")[0]
     return [line for line in block.splitlines() if line.strip() and not line.startswith(("#", "```"))]
 
 
