@@ -192,7 +192,7 @@ def test_mlflow_resume_continues_the_same_mlflow_run(lit, tmp_path: Path) -> Non
 
 
 def test_grouped_checkpoints_load_with_the_readme_line(lit) -> None:
-    """docs/usage.md "From Python": the one import line that lets Lightning load a configs/seed_recipe.yaml checkpoint."""
+    """docs/usage.md "From Python": the one import line that lets Lightning load a seed_recipe.yaml checkpoint."""
     from conftest import REPO
 
     lit.fit("--config", str(REPO / "configs/seed_recipe.yaml"), "--config", DEBUG, "--trainer.max_epochs", "1")

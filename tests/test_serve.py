@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TEST_ENV, real_data, run_cli
+from conftest import REPO, TEST_ENV, error_of, real_data, run_cli
 from PIL import Image
 from servers import free_port
 from test_predict import render_test_images
@@ -242,3 +242,20 @@ def test_ctrl_c_stops_the_server_cleanly(default_run: Path, tmp_path: Path) -> N
     assert code == 128 + signal.SIGINT, output[-3000:]
     assert "server stopped by SIGINT" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--host", "10.1.2.3"], "--host 10.1.2.3: use 127.0.0.1 (this machine only, the default) or 0.0.0.0"),
+        (["--port", "80"], "--port 80: use a port from 1024 to 65535"),
+        (["--max_batch_size", "0"], "--max_batch_size must be >= 1 and --batch_timeout >= 0, got 0, 0.0"),
+        (["--batch_timeout", "-1"], "--max_batch_size must be >= 1 and --batch_timeout >= 0, got 16, -1.0"),
+        (["--ckpt_path", "nope.ckpt"], "checkpoint nope.ckpt does not exist"),
+    ],
+    ids=["host", "port", "batch-size", "batch-timeout", "checkpoint"],
+)
+def test_bad_serve_options_are_one_message_before_anything_is_written(cli, capsys, flags, message) -> None:
+    cli("--trainer.max_epochs", "1")
+    assert message in error_of(capsys, cli, "--ckpt_path", "last", *flags, subcommand="serve")
+    assert not list(Path.cwd().rglob("model.onnx"))  # refused before the export
