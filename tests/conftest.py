@@ -29,6 +29,20 @@ if "XDG_CACHE_HOME" not in os.environ:
 SYNTHETIC = {"train": 200, "test": 50}  # 20 / 5 per class
 
 
+@pytest.fixture(autouse=True)
+def _working_directory_restored():
+    """A test that moves into its tmp_path must come back (monkeypatch.chdir does): the folder is removed when the test
+    passes, and every later test would run in a deleted directory."""
+    before = os.getcwd()
+    yield
+    try:
+        now = os.getcwd()
+    except FileNotFoundError:  # already removed
+        now = None
+    os.chdir(before)  # so that one leak fails one test, not every test after it
+    assert now == before, "the test changed the working directory: use monkeypatch.chdir, which restores it"
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array in the IDX format (big-endian header), independently of torchvision."""
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

@@ -3,7 +3,6 @@ each comment holds."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -28,7 +27,7 @@ def epoch_of(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_quick_start_runs_in_order_and_does_what_each_comment_says(tmp_path: Path) -> None:
+def test_quick_start_runs_in_order_and_does_what_each_comment_says(tmp_path: Path, monkeypatch) -> None:
     need_real_data()
     for config in ("fashion_mnist.yaml", "debug.yaml"):  # the commands name configs/ relative to the project
         (tmp_path / "configs").mkdir(exist_ok=True)
@@ -40,7 +39,7 @@ def test_quick_start_runs_in_order_and_does_what_each_comment_says(tmp_path: Pat
                                 capture_output=True, text=True, timeout=600)  # fmt: skip
         assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
         outputs.append(result.stdout + result.stderr)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # restored before tmp_path is removed (a bare os.chdir left the next tests nowhere)
     fit, experiment, test_default, test_experiment, resume, test_path, export, test_saved, debug, printed, model_help, \
         data_help = outputs  # fmt: skip
     v0, v1 = RUNS / "version_0", RUNS / "version_1"
